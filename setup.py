@@ -1,0 +1,44 @@
+"""Packaging for torchopt-edu: readable PyTorch optimizers as fast as torch.optim."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "tune": ["optuna>=3.4"],
+    "viz": ["matplotlib>=3.6"],
+    "data": ["scikit-learn>=1.2"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+EXTRAS["dev"] = EXTRAS["all"] + [
+    "pytest>=7",
+    "pytest-xdist>=3",
+    "nbmake>=1.4",
+    "ipykernel>=6",
+    "ruff>=0.4",
+]
+
+setup(
+    name="torchopt-edu",
+    version="0.1.0",
+    description="Deep-learning optimizers that read like the math and run as fast as torch.optim",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["torchopt_edu", "torchopt_edu.*"]),
+    package_data={"torchopt_edu": ["py.typed"]},
+    install_requires=[
+        # Open ranges: users bring their own torch (install it first, see README).
+        "torch>=2.4",
+        "torch-geometric>=2.4",
+        "numpy>=1.23",
+        "tqdm>=4.60",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["torchopt-edu=torchopt_edu.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
