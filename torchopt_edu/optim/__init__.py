@@ -1,0 +1,26 @@
+"""torch.optim-compatible optimizers: readable reference code with fast default paths.
+
+Every class is a ``torch.optim.Optimizer`` with torch.optim's constructor signature, defaults
+and state keys, so ``torchopt_edu.optim.Adam(model.parameters())`` replaces
+``torch.optim.Adam(model.parameters())`` unchanged.
+"""
+
+from torch.optim import Optimizer
+
+from torchopt_edu.optim.adagrad import Adagrad
+from torchopt_edu.optim.adam import Adam, AdamW
+from torchopt_edu.optim.rmsprop import RMSprop
+from torchopt_edu.optim.sgd import SGD, Momentum
+from torchopt_edu.optim.yogi import Yogi
+
+__all__ = ["SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Yogi", "OPTIMIZERS"]
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD,
+    "momentum": Momentum,
+    "adagrad": Adagrad,
+    "rmsprop": RMSprop,
+    "adam": Adam,
+    "adamw": AdamW,
+    "yogi": Yogi,
+}

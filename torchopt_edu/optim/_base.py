@@ -1,0 +1,497 @@
+"""Machinery every optimizer shares, so that an algorithm file holds only its math.
+
+What lives here:
+
+* hyper-parameter checks that raise ``ValueError`` naming the parameter and its value;
+* :class:`EduOptimizer`, the ``torch.optim.Optimizer`` subclass every algorithm derives from.
+  Its ``step`` gathers the parameters that have gradients, creates state lazily, groups
+  tensors into :class:`Bucket` s of one device and dtype (complex tensors viewed as real),
+  chooses an implementation (``"loop"``, ``"foreach"`` or ``"fused"``) and hands each bucket
+  to the algorithm's ``_update``;
+* the flat-buffer mode (``flat=True``): parameters, gradients and state of each
+  device/dtype live in a few contiguous buffers, so a step over thousands of small tensors
+  costs as much as a step over one large tensor.
+
+An algorithm subclass provides ``_init_state(param, state, group)`` (create its state
+tensors), ``_update(group, bucket, impl)`` (apply the math to one bucket) and, when torch has
+a fused kernel with identical math for the configuration, ``_can_fuse(group) -> True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+Impl = str  # "loop" | "foreach" | "fused"
+IMPLS = ("loop", "foreach", "fused")
+
+
+# ---------------------------------------------------------------------------------------
+# hyper-parameter checks
+
+
+def _as_number(name: str, value: float | Tensor) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+        return float(value.item())
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    return float(value)
+
+
+def check_non_negative(name: str, value: float | Tensor) -> None:
+    """Raise ``ValueError("Invalid <name> value: <value>")`` unless ``value >= 0``."""
+    number = _as_number(name, value)
+    if not number >= 0.0:  # also rejects NaN
+        raise ValueError(f"Invalid {name} value: {value} ({name} must be >= 0)")
+
+
+def check_lr(lr: float | Tensor) -> None:
+    """Raise ``ValueError`` unless the learning rate ``lr`` is a number >= 0."""
+    number = _as_number("lr", lr)
+    if not number >= 0.0:
+        raise ValueError(f"Invalid learning rate: lr={lr} (lr must be >= 0)")
+
+
+def check_beta(name: str, value: float | Tensor) -> None:
+    """Raise ``ValueError`` unless ``0 <= value < 1`` (a decay rate such as beta1 or beta2)."""
+    number = _as_number(name, value)
+    if not 0.0 <= number < 1.0:
+        raise ValueError(f"Invalid {name} value: {value} ({name} must be in [0, 1))")
+
+
+def check_betas(betas: tuple[float, float]) -> None:
+    """Check an Adam-style ``betas=(beta1, beta2)`` pair; name the bad index like torch does."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas value: {betas!r} (betas must be a pair (beta1, beta2))")
+    for index, beta in enumerate(betas):
+        number = _as_number(f"betas[{index}]", beta)
+        if not 0.0 <= number < 1.0:
+            raise ValueError(
+                f"Invalid beta parameter at index {index}: betas[{index}]={beta} "
+                "(must be in [0, 1))"
+            )
+
+
+def check_impl_flags(foreach: bool | None, fused: bool | None, differentiable: bool) -> None:
+    """Reject the flag combinations torch.optim rejects, with torch's exception types."""
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+    if fused and differentiable:
+        raise RuntimeError("`fused` does not support `differentiable`")
+
+
+def check_unsupported(**flags: bool) -> None:
+    """Reject torch.optim options we accept for signature compatibility but do not implement."""
+    for name, value in flags.items():
+        if value:
+            raise NotImplementedError(
+                f"{name}=True is not supported by torchopt_edu; use torch.optim for it"
+            )
+
+
+def as_float(value: float | Tensor) -> float:
+    """A hyper-parameter as a Python float (a tensor learning rate is read once per step)."""
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+# ---------------------------------------------------------------------------------------
+# buckets: tensors of one device and dtype, ready for a multi-tensor kernel
+
+
+@dataclass
+class Bucket:
+    """The parameters of one param group that share a device and a dtype.
+
+    ``params`` and ``grads`` are real views when the parameters are complex (every
+    optimizer here treats a complex number as a pair of reals, as torch.optim does).
+    ``first_step`` is True when the state of all these parameters was created in this step.
+    """
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    states: list[dict[str, Any]]
+    is_complex: bool = False
+    first_step: bool = False
+    _views: dict[str, list[Tensor]] = field(default_factory=dict, repr=False)
+
+    def state(self, key: str) -> list[Tensor]:
+        """The list of state tensors ``state[key]`` (viewed as real for complex parameters)."""
+        views = self._views.get(key)
+        if views is None:
+            tensors = [state[key] for state in self.states]
+            if self.is_complex:  # "step" and other real state stay as they are
+                tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+            views = tensors
+            self._views[key] = views
+        return views
+
+    @property
+    def device(self) -> torch.device:
+        """The device all tensors of this bucket live on."""
+        return self.params[0].device
+
+    @property
+    def has_sparse_grad(self) -> bool:
+        """Whether any gradient in the bucket is a sparse tensor."""
+        return any(g.is_sparse for g in self.grads)
+
+
+def _real(tensors: list[Tensor]) -> list[Tensor]:
+    return [torch.view_as_real(t) for t in tensors]
+
+
+def make_buckets(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], fresh: list[bool]
+) -> list[Bucket]:
+    """Split parallel lists into buckets by (device, dtype, freshly-initialised state)."""
+    first = params[0]
+    if all(p.device == first.device and p.dtype == first.dtype for p in params) and (
+        all(fresh) or not any(fresh)
+    ):
+        keys = [None]
+        index_lists = [range(len(params))]
+    else:
+        groups: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
+        for i, (p, is_fresh) in enumerate(zip(params, fresh, strict=True)):
+            groups.setdefault((p.device, p.dtype, is_fresh), []).append(i)
+        keys = list(groups)
+        index_lists = list(groups.values())
+    buckets = []
+    for _key, idx in zip(keys, index_lists, strict=True):
+        b_params = [params[i] for i in idx]
+        b_grads = [grads[i] for i in idx]
+        is_complex = b_params[0].is_complex()
+        if is_complex:
+            b_params, b_grads = _real(b_params), _real(b_grads)
+        buckets.append(
+            Bucket(
+                params=b_params,
+                grads=b_grads,
+                states=[states[i] for i in idx],
+                is_complex=is_complex,
+                first_step=fresh[idx[0]],
+            )
+        )
+    return buckets
+
+
+def fused_supported(bucket: Bucket) -> bool:
+    """Whether torch's fused kernels accept this bucket: dense floating point, CPU or GPU."""
+    first = bucket.params[0]
+    return (
+        first.device.type in ("cpu", "cuda", "mps", "xpu")
+        and first.is_floating_point()
+        and not bucket.has_sparse_grad
+    )
+
+
+def new_step_tensor(param: Tensor) -> Tensor:
+    """A fresh ``state["step"]``: a float32 scalar on the parameter's device.
+
+    torch.optim keeps it on the CPU for its loop/foreach paths and on the device for its fused
+    kernels; keeping it on the device always lets every implementation use it.
+    """
+    return torch.zeros((), dtype=torch.float32, device=param.device)
+
+
+# ---------------------------------------------------------------------------------------
+# the optimizer base class
+
+
+class EduOptimizer(Optimizer):
+    """Base class: the ``torch.optim.Optimizer`` contract plus implementation choice.
+
+    ``foreach`` and ``fused`` mean what they mean in torch.optim; when both are ``None`` (the
+    default) the fastest implementation is chosen per bucket: torch's fused kernel where the
+    math is identical and the tensors allow it, otherwise the multi-tensor ``foreach`` path.
+    ``foreach=False`` selects the readable per-tensor loop, the reference implementation.
+
+    ``flat=True`` stores the parameters, gradients and state of each device/dtype in one
+    contiguous buffer (parameters become views into it). Every step then runs one kernel over
+    one tensor. A parameter whose gradient is ``None`` makes that step fall back to the
+    per-tensor path over the same views, so the results never change, only the speed.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        flat: bool = False,
+    ) -> None:
+        if isinstance(params, Tensor):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or "
+                f"dicts, but got {torch.typename(params)}"
+            )
+        check_impl_flags(
+            defaults.get("foreach"), defaults.get("fused"), defaults.get("differentiable", False)
+        )
+        check_unsupported(
+            differentiable=defaults.get("differentiable", False),
+            capturable=defaults.get("capturable", False),
+        )
+        if flat and (defaults.get("foreach") is False):
+            raise ValueError("flat=True needs a multi-tensor path; do not pass foreach=False")
+        super().__init__(params, defaults)
+        self._flat = bool(flat)
+        self._flat_groups: list[_FlatGroup | None] = []
+        if self._flat:
+            self._flat_groups = [_FlatGroup.build(g) for g in self.param_groups]
+            self.register_load_state_dict_post_hook(EduOptimizer._reflatten_after_load)
+
+    # -- hooks an algorithm implements ---------------------------------------------------
+
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Create the state of ``param`` (first time it has a gradient)."""
+        raise NotImplementedError
+
+    def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
+        """Apply the algorithm to one bucket with implementation ``impl``."""
+        raise NotImplementedError
+
+    def _can_fuse(self, group: dict[str, Any]) -> bool:
+        """Whether a torch fused kernel computes exactly this group's update."""
+        return False
+
+    # -- torch.optim plumbing -------------------------------------------------------------
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore after unpickling or ``load_state_dict``; fill in options old saves lack."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (as torch.optim does); in flat mode it gets buffers of its own."""
+        super().add_param_group(param_group)
+        if getattr(self, "_flat", False):
+            self._flat_groups.append(_FlatGroup.build(self.param_groups[-1]))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset gradients; in flat mode zero the gradient buffers in place (one memset each)."""
+        if not self._flat:
+            super().zero_grad(set_to_none=set_to_none)
+            return
+        for flat_group in self._flat_groups:
+            flat_group.zero_grad()
+
+    def _choose_impl(self, group: dict[str, Any], bucket: Bucket) -> Impl:
+        foreach, fused = group.get("foreach"), group.get("fused")
+        if fused:
+            if not self._can_fuse(group):
+                raise RuntimeError(
+                    f"{type(self).__name__}: fused=True is not available for this configuration"
+                )
+            if not fused_supported(bucket):
+                raise RuntimeError(
+                    "`fused=True` requires all the params to be floating point Tensors of "
+                    "supported devices (CPU, CUDA, MPS, XPU) with dense gradients"
+                )
+            return "fused"
+        if bucket.has_sparse_grad:
+            return "loop"
+        if foreach is False:
+            return "loop"
+        if foreach is None and fused is None and self._can_fuse(group) and fused_supported(
+            bucket
+        ):
+            return "fused"
+        return "foreach"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one optimisation step; ``closure`` re-evaluates the model, returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            flat_group = self._flat_groups[index] if self._flat else None
+            if flat_group is not None and flat_group.ready_for_fast_step(self, group):
+                for bucket in flat_group.buckets(self.state):
+                    self._update(group, bucket, self._choose_impl(group, bucket))
+                flat_group.after_fast_step(self.state)
+                continue
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        states: list[dict[str, Any]] = []
+        fresh: list[bool] = []
+        optimizer_state = self.state
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                continue
+            state = optimizer_state.get(p)
+            is_fresh = not state
+            if is_fresh:
+                state = optimizer_state[p]
+                self._init_state(p, state, group)
+            params.append(p)
+            grads.append(grad)
+            states.append(state)
+            fresh.append(is_fresh)
+        if not params:
+            return
+        for bucket in make_buckets(params, grads, states, fresh):
+            self._update(group, bucket, self._choose_impl(group, bucket))
+
+    def _reflatten_after_load(self) -> None:
+        for group, flat_group in zip(self.param_groups, self._flat_groups, strict=True):
+            if flat_group is not None:
+                flat_group.adopt_state(self.state, group)
+
+
+# ---------------------------------------------------------------------------------------
+# flat-buffer mode
+
+
+@dataclass
+class _FlatSlab:
+    """The parameters of one group with one device and dtype, packed into one buffer."""
+
+    params: list[Tensor]
+    offsets: list[int]
+    param_buffer: Tensor
+    grad_buffer: Tensor
+    grad_views: list[Tensor]
+    state_buffers: dict[str, Tensor] = field(default_factory=dict)
+    step_buffer: Tensor | None = None
+    flat_state: dict[str, Any] = field(default_factory=dict)
+    first_step: bool = False
+
+    def view(self, buffer: Tensor, i: int) -> Tensor:
+        p = self.params[i]
+        return buffer[self.offsets[i] : self.offsets[i] + p.numel()].view_as(p)
+
+
+class _FlatGroup:
+    """Flat buffers for one param group (one slab per device/dtype)."""
+
+    def __init__(self, slabs: list[_FlatSlab]) -> None:
+        self.slabs = slabs
+
+    @classmethod
+    def build(cls, group: dict[str, Any]) -> _FlatGroup:
+        by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in group["params"]:
+            if p.is_sparse or p.is_complex() or not p.is_floating_point():
+                raise ValueError(
+                    f"flat=True supports dense real floating-point parameters, got {p.dtype}"
+                    f"{' (sparse)' if p.is_sparse else ''}"
+                )
+            by_kind.setdefault((p.device, p.dtype), []).append(p)
+        slabs = []
+        with torch.no_grad():
+            for (device, dtype), params in by_kind.items():
+                sizes = [p.numel() for p in params]
+                offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+                total = sum(sizes)
+                param_buffer = torch.empty(total, device=device, dtype=dtype)
+                grad_buffer = torch.zeros(total, device=device, dtype=dtype)
+                slab = _FlatSlab(params, offsets, param_buffer, grad_buffer, [])
+                for i, p in enumerate(params):
+                    view = slab.view(param_buffer, i)
+                    view.copy_(p)
+                    p.data = view
+                    grad_view = slab.view(grad_buffer, i)
+                    if p.grad is not None:
+                        grad_view.copy_(p.grad)
+                    p.grad = grad_view
+                    slab.grad_views.append(grad_view)
+                slabs.append(slab)
+        return cls(slabs)
+
+    def zero_grad(self) -> None:
+        for slab in self.slabs:
+            slab.grad_buffer.zero_()
+            for p, view in zip(slab.params, slab.grad_views, strict=True):
+                p.grad = view
+
+    def ready_for_fast_step(self, optimizer: EduOptimizer, group: dict[str, Any]) -> bool:
+        """Move gradients into the buffer; return False when the per-tensor path must run."""
+        for slab in self.slabs:
+            for p, view in zip(slab.params, slab.grad_views, strict=True):
+                grad = p.grad
+                if grad is view:
+                    continue
+                if grad is None or grad.is_sparse:
+                    return False
+                view.copy_(grad)
+                p.grad = view
+        state = optimizer.state
+        if any(p not in state for slab in self.slabs for p in slab.params):
+            if any(p in state for slab in self.slabs for p in slab.params):
+                return False
+            for p in group["params"]:
+                optimizer._init_state(p, state[p], group)
+            self.adopt_state(state, group)
+            self._mark_first_step(True)
+        else:
+            self._mark_first_step(False)
+        for slab in self.slabs:
+            if slab.step_buffer is not None:
+                steps = slab.step_buffer
+                if bool(steps.min() != steps.max()):
+                    return False
+                slab.flat_state["step"].copy_(steps[0])
+        return True
+
+    def _mark_first_step(self, value: bool) -> None:
+        for slab in self.slabs:
+            slab.first_step = value
+
+    def buckets(self, state: dict[Tensor, dict[str, Any]]) -> list[Bucket]:
+        return [
+            Bucket(
+                params=[slab.param_buffer],
+                grads=[slab.grad_buffer],
+                states=[slab.flat_state],
+                first_step=slab.first_step,
+            )
+            for slab in self.slabs
+        ]
+
+    def after_fast_step(self, state: dict[Tensor, dict[str, Any]]) -> None:
+        for slab in self.slabs:
+            if slab.step_buffer is not None:
+                slab.step_buffer.fill_(slab.flat_state["step"])
+
+    def adopt_state(self, state: dict[Tensor, dict[str, Any]], group: dict[str, Any]) -> None:
+        """Pack the per-parameter state tensors into flat buffers and point the state at views."""
+        with torch.no_grad():
+            for slab in self.slabs:
+                if any(p not in state for p in slab.params):
+                    continue  # state is created at the first step
+                first = state[slab.params[0]]
+                for key, value in first.items():
+                    if not isinstance(value, Tensor):
+                        continue
+                    if key == "step":
+                        buffer = torch.stack([state[p][key].reshape(()) for p in slab.params])
+                        slab.step_buffer = buffer
+                        for i, p in enumerate(slab.params):
+                            state[p][key] = buffer[i]
+                        slab.flat_state["step"] = buffer[0].clone()
+                        continue
+                    buffer = slab.state_buffers.get(key)
+                    if buffer is None:
+                        buffer = torch.empty_like(slab.param_buffer)
+                        slab.state_buffers[key] = buffer
+                    for i, p in enumerate(slab.params):
+                        view = slab.view(buffer, i)
+                        view.copy_(state[p][key])
+                        state[p][key] = view
+                    slab.flat_state[key] = buffer

@@ -1,0 +1,226 @@
+"""Adagrad: per-coordinate steps scaled by the root of the summed squared gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchopt_edu.optim._base import (
+    Bucket,
+    EduOptimizer,
+    Impl,
+    as_float,
+    check_lr,
+    check_non_negative,
+    new_step_tensor,
+)
+
+__all__ = ["Adagrad", "adagrad"]
+
+
+class Adagrad(EduOptimizer):
+    r"""Adagrad (Duchi, Hazan and Singer, 2011, https://jmlr.org/papers/v12/duchi11a.html).
+
+    .. math::
+        g_t &\leftarrow -g_t \quad\text{if maximize};\qquad
+        g_t \leftarrow g_t + \lambda\theta_{t-1} \quad\text{(weight\_decay)} \\
+        \tilde\gamma_t &= \frac{\gamma}{1 + (t-1)\,\eta} \quad\text{(lr\_decay } \eta) \\
+        s_t &= s_{t-1} + g_t^2, \qquad s_0 = \text{initial\_accumulator\_value} \\
+        \theta_t &= \theta_{t-1} - \tilde\gamma_t\, \frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    State keys: ``step``, ``sum`` (:math:`s`). Sparse gradients update only the rows they
+    touch (use it with ``nn.Embedding(sparse=True)``); weight decay is not defined for them.
+
+    Defaults: ``lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10``.
+
+    When to use it: sparse features (embeddings, NLP, recommendation), where rare
+    coordinates deserve larger steps. Because :math:`s_t` only grows, the step length shrinks
+    like :math:`1/\sqrt{t}`: it can stall before the optimum on long runs (RMSprop and Adam
+    replace the sum by a moving average for that reason).
+
+    Implementations: the per-tensor loop (dense and sparse), the multi-tensor path, and torch's
+    fused kernel ``torch._fused_adagrad_`` (same equations) by default for dense gradients.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        flat: bool = False,
+    ) -> None:
+        check_lr(lr)
+        check_non_negative("lr_decay", lr_decay)
+        check_non_negative("weight_decay", weight_decay)
+        check_non_negative("initial_accumulator_value", initial_accumulator_value)
+        check_non_negative("eps", eps)
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            eps=eps,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            fused=fused,
+        )
+        super().__init__(params, defaults, flat=flat)
+
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        state["step"] = new_step_tensor(param)
+        state["sum"] = torch.full_like(
+            param, group["initial_accumulator_value"], memory_format=torch.preserve_format
+        )
+
+    def _can_fuse(self, group: dict[str, Any]) -> bool:
+        return True
+
+    def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
+        if bucket.has_sparse_grad and group["weight_decay"] != 0:
+            raise RuntimeError(
+                "weight_decay option is not compatible with sparse gradients "
+                f"(weight_decay={group['weight_decay']})"
+            )
+        adagrad(
+            bucket.params,
+            bucket.grads,
+            bucket.state("sum"),
+            bucket.state("step"),
+            lr=group["lr"],
+            lr_decay=group["lr_decay"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+            impl=impl,
+        )
+
+
+def adagrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state_sums: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    impl: Impl = "loop",
+) -> None:
+    """Apply one Adagrad step in place (see :class:`Adagrad`); sparse gradients need ``"loop"``."""
+    implementation = {"loop": _adagrad_loop, "foreach": _adagrad_foreach, "fused": _adagrad_fused}
+    implementation[impl](
+        params,
+        grads,
+        state_sums,
+        steps,
+        lr=as_float(lr),
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize,
+    )
+
+
+def _adagrad_loop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state_sums: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+) -> None:
+    for param, grad, state_sum, step in zip(params, grads, state_sums, steps, strict=True):
+        step += 1
+        grad = -grad if maximize else grad
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
+        decayed_lr = lr / (1 + (step.item() - 1) * lr_decay)
+        if grad.is_sparse:
+            _sparse_adagrad_step(param, grad, state_sum, decayed_lr, eps)
+            continue
+        state_sum.addcmul_(grad, grad, value=1)  # s = s + g^2
+        std = state_sum.sqrt().add_(eps)
+        param.addcdiv_(grad, std, value=-decayed_lr)
+
+
+def _sparse_adagrad_step(
+    param: Tensor, grad: Tensor, state_sum: Tensor, decayed_lr: float, eps: float
+) -> None:
+    """The same update on the rows a sparse gradient touches (other rows keep their state)."""
+    grad = grad.coalesce()
+    indices, values = grad._indices(), grad._values()
+
+    def sparse_like_grad(new_values: Tensor) -> Tensor:
+        return torch.sparse_coo_tensor(indices, new_values, grad.size())
+
+    state_sum.add_(sparse_like_grad(values.pow(2)))
+    std_values = state_sum.sparse_mask(grad)._values().sqrt_().add_(eps)
+    param.add_(sparse_like_grad(values / std_values), alpha=-decayed_lr)
+
+
+def _adagrad_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state_sums: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+) -> None:
+    torch._foreach_add_(steps, 1)
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    neg_decayed_lrs = [-lr / (1 + (step.item() - 1) * lr_decay) for step in steps]
+    torch._foreach_addcmul_(state_sums, grads, grads, value=1)
+    std = torch._foreach_sqrt(state_sums)
+    torch._foreach_add_(std, eps)
+    torch._foreach_addcdiv_(params, grads, std, neg_decayed_lrs)
+
+
+def _adagrad_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state_sums: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+) -> None:
+    torch._foreach_add_(steps, 1)
+    torch._fused_adagrad_(
+        params,
+        grads,
+        state_sums,
+        steps,
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize,
+    )

@@ -1,0 +1,196 @@
+"""Yogi: Adam whose second moment moves additively, so it cannot forget too fast."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchopt_edu.optim._base import (
+    Bucket,
+    EduOptimizer,
+    Impl,
+    as_float,
+    check_betas,
+    check_lr,
+    check_non_negative,
+    new_step_tensor,
+)
+
+__all__ = ["Yogi", "yogi"]
+
+
+class Yogi(EduOptimizer):
+    r"""Yogi (Zaheer et al., NeurIPS 2018, "Adaptive Methods for Nonconvex Optimization").
+
+    Adam with one line changed, the second-moment update:
+
+    .. math::
+        g_t &\leftarrow -g_t \ \text{if maximize};\qquad
+        g_t \leftarrow g_t + \lambda\theta_{t-1} \ \text{(weight\_decay)} \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1)\, g_t \\
+        v_t &= v_{t-1} - (1-\beta_2)\,\operatorname{sign}(v_{t-1} - g_t^2)\, g_t^2 \\
+        \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}\,
+            \frac{m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    with :math:`m_0 = 0`, :math:`v_0 = ` ``initial_accumulator_value``. Adam's
+    :math:`v_t - v_{t-1} = (1-\beta_2)(g_t^2 - v_{t-1})` can shrink :math:`v` by a large
+    fraction in one step when gradients suddenly get small; Yogi's change has the same sign
+    but magnitude :math:`(1-\beta_2) g_t^2`, so the effective learning rate grows slowly.
+    The bias corrections are Adam's (as in TensorFlow Addons' Yogi).
+
+    State keys: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v).
+    Defaults: ``lr=1e-2, betas=(0.9, 0.999), eps=1e-3, initial_accumulator_value=1e-6``.
+
+    When to use it: where Adam is unstable with rare large gradients, and as the server
+    optimizer of federated learning (FedYogi, Reddi et al., 2021).
+    Implementations: the per-tensor loop and the multi-tensor path (torch has no fused Yogi).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-3,
+        initial_accumulator_value: float = 1e-6,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        flat: bool = False,
+    ) -> None:
+        check_lr(lr)
+        check_betas(betas)
+        check_non_negative("eps", eps)
+        check_non_negative("initial_accumulator_value", initial_accumulator_value)
+        check_non_negative("weight_decay", weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            initial_accumulator_value=initial_accumulator_value,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=None,
+        )
+        super().__init__(params, defaults, flat=flat)
+
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        state["step"] = new_step_tensor(param)
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.full_like(
+            param, group["initial_accumulator_value"], memory_format=torch.preserve_format
+        )
+
+    def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
+        beta1, beta2 = group["betas"]
+        yogi(
+            bucket.params,
+            bucket.grads,
+            bucket.state("exp_avg"),
+            bucket.state("exp_avg_sq"),
+            bucket.state("step"),
+            lr=group["lr"],
+            beta1=as_float(beta1),
+            beta2=as_float(beta2),
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            impl=impl,
+        )
+
+
+def yogi(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    impl: Impl = "loop",
+) -> None:
+    """Apply one Yogi step in place (see :class:`Yogi`); ``impl`` is ``"loop"`` or ``"foreach"``."""
+    implementation = {"loop": _yogi_loop, "foreach": _yogi_foreach}[impl]
+    implementation(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        lr=as_float(lr),
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
+
+
+def _yogi_loop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    for i, param in enumerate(params):
+        grad = -grads[i] if maximize else grads[i]
+        m, v, step = exp_avgs[i], exp_avg_sqs[i], steps[i]
+        step += 1
+        t = step.item()
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
+        m.lerp_(grad, 1 - beta1)
+        grad_sq = grad * grad
+        v.addcmul_(torch.sign(v - grad_sq), grad_sq, value=-(1 - beta2))
+        denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+        param.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+
+
+def _yogi_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    torch._foreach_add_(steps, 1)
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    grad_sq = torch._foreach_mul(grads, grads)
+    direction = torch._foreach_sub(exp_avg_sqs, grad_sq)
+    torch._foreach_sign_(direction)
+    torch._foreach_addcmul_(exp_avg_sqs, direction, grad_sq, value=-(1 - beta2))
+    t = [step.item() for step in steps]
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, [math.sqrt(1 - beta2**ti) for ti in t])
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, [-lr / (1 - beta1**ti) for ti in t])
