@@ -188,3 +188,27 @@ def test_yogi_second_moment_changes_additively():
     v_yogi = yogi.state[theta_yogi]["exp_avg_sq"].item()
     assert v_yogi == pytest.approx(0.1 * 100.0**2 - 20 * 0.1 * 0.1**2)
     assert v_adam < v_yogi / 5
+
+
+def test_flat_mode_detects_a_model_moved_after_construction():
+    model = _mlp()
+    optimizer = ours.SGD(model.parameters(), lr=0.1, flat=True)
+    model.double()  # replaces every parameter's storage: the buffer no longer backs them
+    model(torch.randn(2, 6, dtype=torch.float64)).sum().backward()
+    with pytest.raises(RuntimeError, match="no longer lives in the optimizer's buffer"):
+        optimizer.step()
+
+
+def test_flat_mode_with_a_parameter_that_starts_late_matches_normal_mode():
+    reference = make_params(torch.float64)
+    candidate = clone_params(reference)
+    normal = ours.Adam(reference, lr=0.1)
+    flat = ours.Adam(candidate, lr=0.1, flat=True)
+    for step in range(6):
+        set_grads([reference, candidate], step)
+        if step == 0:  # first step without the scalar: its state starts one step later
+            reference[3].grad = None
+            candidate[3].grad = None
+        normal.step()
+        flat.step()
+    assert_close_lists(candidate, reference, torch.float64)

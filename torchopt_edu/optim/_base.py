@@ -367,6 +367,7 @@ class _FlatSlab:
     param_buffer: Tensor
     grad_buffer: Tensor
     grad_views: list[Tensor]
+    param_pointers: list[int] = field(default_factory=list)
     state_buffers: dict[str, Tensor] = field(default_factory=dict)
     step_buffer: Tensor | None = None
     flat_state: dict[str, Any] = field(default_factory=dict)
@@ -406,6 +407,7 @@ class _FlatGroup:
                     view = slab.view(param_buffer, i)
                     view.copy_(p)
                     p.data = view
+                    slab.param_pointers.append(view.data_ptr())
                     grad_view = slab.view(grad_buffer, i)
                     if p.grad is not None:
                         grad_view.copy_(p.grad)
@@ -421,9 +423,19 @@ class _FlatGroup:
                 p.grad = view
 
     def ready_for_fast_step(self, optimizer: EduOptimizer, group: dict[str, Any]) -> bool:
-        """Move gradients into the buffer; return False when the per-tensor path must run."""
+        """Move gradients into the buffer; return False when the per-tensor path must run.
+
+        The fast path needs every parameter to have a dense gradient and every parameter's
+        state to have the same age (all created together, all stepped together).
+        """
         for slab in self.slabs:
-            for p, view in zip(slab.params, slab.grad_views, strict=True):
+            for i, (p, view) in enumerate(zip(slab.params, slab.grad_views, strict=True)):
+                if p.data_ptr() != slab.param_pointers[i]:
+                    raise RuntimeError(
+                        f"flat=True: parameter {i} of shape {tuple(p.shape)} no longer lives in "
+                        "the optimizer's buffer (moved by .to(), or .data reassigned); "
+                        "create the optimizer after moving the model"
+                    )
                 grad = p.grad
                 if grad is view:
                     continue
@@ -432,14 +444,17 @@ class _FlatGroup:
                 view.copy_(grad)
                 p.grad = view
         state = optimizer.state
-        if any(p not in state for slab in self.slabs for p in slab.params):
-            if any(p in state for slab in self.slabs for p in slab.params):
+        has_state = [p in state for slab in self.slabs for p in slab.params]
+        if not all(has_state):
+            if any(has_state):
                 return False
             for p in group["params"]:
                 optimizer._init_state(p, state[p], group)
             self.adopt_state(state, group)
             self._mark_first_step(True)
         else:
+            if not all(slab.flat_state for slab in self.slabs):
+                self.adopt_state(state, group)
             self._mark_first_step(False)
         for slab in self.slabs:
             if slab.step_buffer is not None:
