@@ -1,0 +1,158 @@
+"""Known answers for the pure aggregation functions: PCGrad, MGDA's min-norm solver, CAGrad."""
+
+import math
+
+import pytest
+import torch
+
+from torchopt_edu.multitask import (
+    cagrad,
+    cagrad_weights,
+    gradient_cosine,
+    mean_gradient,
+    mgda,
+    min_norm_weights,
+    pcgrad,
+)
+
+
+def t(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_pcgrad_projects_conflicting_pair_by_hand():
+    # <g1, g2> = -1 < 0: g1' = g1 + 1/2 g2 = (0.5, 0.5), g2' = g2 + 1/1 g1 = (0, 1).
+    grads = t([1.0, 0.0], [-1.0, 1.0])
+    torch.testing.assert_close(pcgrad(grads), t(0.5, 1.5))
+
+
+def test_pcgrad_projected_parts_are_orthogonal_to_the_other_gradient():
+    generator = torch.Generator().manual_seed(0)
+    g1, g2 = torch.randn(2, 7, dtype=torch.float64, generator=generator)
+    g2 = g2 - 2 * (g1 @ g2 + g1.norm()) / g1.norm() ** 2 * g1  # force a conflict
+    assert g1 @ g2 < 0
+    g1_pc = g1 - (g1 @ g2) / (g2 @ g2) * g2
+    g2_pc = g2 - (g2 @ g1) / (g1 @ g1) * g1
+    assert abs(float(g1_pc @ g2)) < 1e-12 and abs(float(g2_pc @ g1)) < 1e-12
+    torch.testing.assert_close(pcgrad(torch.stack([g1, g2])), g1_pc + g2_pc)
+
+
+def test_pcgrad_leaves_non_conflicting_gradients_alone():
+    grads = t([1.0, 0.0, 2.0], [1.0, 1.0, 0.0], [0.0, 3.0, 1.0])
+    assert (gradient_cosine(grads) >= 0).all()
+    torch.testing.assert_close(pcgrad(grads), grads.sum(0))
+
+
+def test_pcgrad_three_tasks_is_reproducible_with_a_generator():
+    grads = t([1.0, 0.0], [-1.0, 1.0], [-0.5, -1.0])
+    first = pcgrad(grads, torch.Generator().manual_seed(3))
+    again = pcgrad(grads, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(first, again)
+    assert torch.isfinite(pcgrad(t([1.0, 0.0], [0.0, 0.0]))).all()  # a zero gradient: no 0/0
+
+
+def closed_form_two_task_weights(g1, g2):
+    w1 = min(max(float((g2 - g1) @ g2 / (g1 - g2).norm() ** 2), 0.0), 1.0)
+    return t(w1, 1.0 - w1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_min_norm_weights_two_tasks_match_closed_form(seed):
+    generator = torch.Generator().manual_seed(seed)
+    g1, g2 = torch.randn(2, 5, dtype=torch.float64, generator=generator)
+    weights = min_norm_weights(torch.stack([g1, g2]))
+    torch.testing.assert_close(weights, closed_form_two_task_weights(g1, g2))
+
+
+def test_min_norm_weights_hand_examples():
+    # g1 = (1, 0), g2 = (0, 2): w1 = 4/5, min-norm point (0.8, 0.4).
+    torch.testing.assert_close(min_norm_weights(t([1.0, 0.0], [0.0, 2.0])), t(0.8, 0.2))
+    # g2 = 2 g1: the hull's closest point to 0 is g1 itself (weights clipped to the vertex).
+    torch.testing.assert_close(min_norm_weights(t([1.0, 0.0], [2.0, 0.0])), t(1.0, 0.0))
+    # Orthonormal gradients: the centroid.
+    torch.testing.assert_close(min_norm_weights(torch.eye(3, dtype=torch.float64)), t(1, 1, 1) / 3)
+
+
+def test_frank_wolfe_agrees_with_closed_form_on_duplicated_task():
+    g1, g2 = t([2.0, 1.0, 0.0], [-1.0, 1.0, 0.5])
+    two = min_norm_weights(torch.stack([g1, g2])) @ torch.stack([g1, g2])
+    three = min_norm_weights(torch.stack([g1, g2, g2]))
+    torch.testing.assert_close(three @ torch.stack([g1, g2, g2]), two, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_min_norm_weights_satisfy_optimality_conditions(seed):
+    generator = torch.Generator().manual_seed(seed)
+    grads = torch.randn(4, 3, dtype=torch.float64, generator=generator)
+    weights = min_norm_weights(grads)
+    assert weights.min() >= 0 and math.isclose(float(weights.sum()), 1.0)
+    gram = grads @ grads.T
+    value = weights @ gram @ weights
+    # KKT on the simplex: <g_i, d> >= ||d||^2 for every i, with equality where w_i > 0.
+    slopes = gram @ weights
+    assert (slopes >= value - 1e-6).all()
+    assert torch.allclose(
+        slopes[weights > 1e-4], value.expand(int((weights > 1e-4).sum())), atol=1e-5
+    )
+
+
+def test_mgda_direction_does_not_increase_any_task():
+    grads = t([1.0, 0.2], [-0.8, 0.6], [0.1, -0.1])
+    direction = mgda(grads)
+    assert (grads @ direction >= direction @ direction - 1e-9).all()
+
+
+def test_cagrad_with_c_zero_is_the_mean_gradient():
+    grads = torch.randn(3, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cagrad(grads, c=0.0), mean_gradient(grads), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("c", [0.25, 0.5, 1.0])
+def test_cagrad_orthogonal_gradients_closed_form(c):
+    # By symmetry w = (1/2, 1/2), g_w = g_0, so d = (1 + c) g_0, then divided by 1 + c^2.
+    grads = t([1.0, 0.0], [0.0, 1.0])
+    expected = (1 + c) / (1 + c**2) * grads.mean(0)
+    torch.testing.assert_close(cagrad(grads, c=c), expected)
+    torch.testing.assert_close(cagrad_weights(grads, c), t(0.5, 0.5))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cagrad_solves_its_primal_problem(seed):
+    # max_d min_i <g_i, d>  s.t.  ||d - g0|| <= c ||g0||, checked against a dense grid in 2-D.
+    generator = torch.Generator().manual_seed(seed)
+    grads = torch.randn(2, 2, dtype=torch.float64, generator=generator)
+    c = 0.6
+    d = cagrad(grads, c=c, rescale=False)
+    g0 = grads.mean(0)
+    radius = c * g0.norm()
+    assert (d - g0).norm() <= radius + 1e-9
+    angle = torch.linspace(0, 2 * math.pi, 721, dtype=torch.float64)
+    scale = torch.linspace(0, 1, 201, dtype=torch.float64)
+    ring = torch.stack([angle.cos(), angle.sin()], -1)
+    candidates = g0 + radius * (scale[:, None, None] * ring[None]).reshape(-1, 2)
+    best_on_grid = (candidates @ grads.T).min(1).values.max()
+    assert float((grads @ d).min()) >= float(best_on_grid) - 1e-4
+
+
+def test_cagrad_with_large_c_points_like_mgda():
+    grads = t([1.0, 0.3, 0.0], [-0.7, 0.5, 0.2])
+    direction, min_norm = cagrad(grads, c=200.0), mgda(grads)
+    cosine = direction @ min_norm / (direction.norm() * min_norm.norm())
+    assert cosine > 0.9999
+
+
+def test_gradient_cosine_values():
+    cosine = gradient_cosine(t([1.0, 0.0], [-1.0, 1.0], [0.0, 0.0]))
+    torch.testing.assert_close(cosine[0, 1], torch.tensor(-1 / math.sqrt(2), dtype=torch.float64))
+    assert cosine[2].abs().max() == 0
+
+
+def test_aggregators_reject_bad_gradients():
+    with pytest.raises(ValueError, match=r"shape \[T, D\].*got shape \(3,\)"):
+        pcgrad(torch.ones(3))
+    with pytest.raises(TypeError, match="floating point"):
+        mgda(torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="c must be a finite number >= 0, got -0.1"):
+        cagrad(torch.ones(2, 3), c=-0.1)
+    with pytest.raises(TypeError, match="got list"):
+        mean_gradient([[1.0, 2.0]])
