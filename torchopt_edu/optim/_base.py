@@ -19,7 +19,8 @@ a fused kernel with identical math for the configuration, ``_can_fuse(group) -> 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,10 @@ from torch.optim import Optimizer
 
 Impl = str  # "loop" | "foreach" | "fused"
 IMPLS = ("loop", "foreach", "fused")
+
+#: torch's elementwise CPU ops run single-threaded below this many elements (at::internal::
+#: GRAIN_SIZE); its fused optimizer kernels do not, so we apply the same rule to them.
+PARALLEL_GRAIN = 32768
 
 
 # ---------------------------------------------------------------------------------------
@@ -132,6 +137,20 @@ class Bucket:
             self._views[key] = views
         return views
 
+    def split(self, keep: list[bool]) -> tuple[Bucket, Bucket]:
+        """Two buckets: the tensors where ``keep`` is True, and the others."""
+        parts = []
+        for wanted in (True, False):
+            idx = [i for i, k in enumerate(keep) if k is wanted]
+            parts.append(Bucket(
+                params=[self.params[i] for i in idx],
+                grads=[self.grads[i] for i in idx],
+                states=[self.states[i] for i in idx],
+                is_complex=self.is_complex,
+                first_step=self.first_step,
+            ))
+        return parts[0], parts[1]
+
     @property
     def device(self) -> torch.device:
         """The device all tensors of this bucket live on."""
@@ -190,6 +209,17 @@ def fused_supported(bucket: Bucket) -> bool:
         and first.is_floating_point()
         and not bucket.has_sparse_grad
     )
+
+
+@contextmanager
+def single_intra_op_thread() -> Iterator[None]:
+    """Run the enclosed CPU kernels on one thread, then restore torch's thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def new_step_tensor(param: Tensor) -> Tensor:
@@ -318,7 +348,7 @@ class EduOptimizer(Optimizer):
             flat_group = self._flat_groups[index] if self._flat else None
             if flat_group is not None and flat_group.ready_for_fast_step(self, group):
                 for bucket in flat_group.buckets(self.state):
-                    self._update(group, bucket, self._choose_impl(group, bucket))
+                    self._run(group, bucket)
                 flat_group.after_fast_step(self.state)
                 continue
             self._step_group(group)
@@ -346,7 +376,27 @@ class EduOptimizer(Optimizer):
         if not params:
             return
         for bucket in make_buckets(params, grads, states, fresh):
-            self._update(group, bucket, self._choose_impl(group, bucket))
+            self._run(group, bucket)
+
+    def _run(self, group: dict[str, Any], bucket: Bucket) -> None:
+        """Update one bucket; small tensors go through CPU fused kernels on one thread.
+
+        torch's fused CPU kernels open a parallel region for every tensor, however small.
+        For a 1000-element tensor the fork and join cost more than the arithmetic, and on a
+        busy machine a join that waits for a descheduled thread costs milliseconds. Below
+        ``PARALLEL_GRAIN`` elements we run them on one thread, as torch's own elementwise
+        ops do; the numbers are the same either way (elementwise math, no reductions).
+        """
+        impl = self._choose_impl(group, bucket)
+        if impl != "fused" or bucket.device.type != "cpu" or torch.get_num_threads() == 1:
+            self._update(group, bucket, impl)
+            return
+        small, large = bucket.split([p.numel() < PARALLEL_GRAIN for p in bucket.params])
+        if large.params:
+            self._update(group, large, impl)
+        if small.params:
+            with single_intra_op_thread():
+                self._update(group, small, impl)
 
     def _reflatten_after_load(self) -> None:
         for group, flat_group in zip(self.param_groups, self._flat_groups, strict=True):
