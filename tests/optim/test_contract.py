@@ -255,3 +255,25 @@ def test_cuda_matches_torch_on_cuda(case, impl):
     for p in candidate:
         assert p.device.type == "cuda"
     assert_close_lists(candidate, reference, torch.float32)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(ours.Adam, {}), (ours.SGD, dict(lr=0.1, momentum=0.9)),
+                                         (ours.Adagrad, {}), (ours.RMSprop, {})])
+def test_small_and_large_tensors_split_across_thread_counts_give_the_same_numbers(cls, kwargs):
+    # Tensors below PARALLEL_GRAIN run the fused kernel on one thread, larger ones on all.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        base = [torch.randn(n, generator=generator, dtype=torch.float64) for n in (40_000, 10, 7)]
+        fast = [b.clone().requires_grad_() for b in base]
+        reference = [b.clone().requires_grad_() for b in base]
+        fast_opt, loop_opt = cls(fast, **kwargs), cls(reference, foreach=False, **kwargs)
+        for step in range(5):
+            set_grads([fast, reference], step)
+            fast_opt.step()
+            loop_opt.step()
+            assert torch.get_num_threads() == 2  # restored after the single-threaded part
+        assert_close_lists(fast, reference, torch.float64)
+    finally:
+        torch.set_num_threads(previous)
