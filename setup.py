@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "tune": ["optuna>=3.4"],
+    "tune": ["optuna>=3.6"],
     "viz": ["matplotlib>=3.6"],
     "data": ["scikit-learn>=1.2"],
 }

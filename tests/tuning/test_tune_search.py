@@ -1,0 +1,192 @@
+"""tune(): finds a known optimum, prunes, survives failing trials, resumes exactly, checks input."""
+
+import statistics
+
+import optuna
+import pytest
+from optuna.storages import InMemoryStorage
+from optuna.trial import TrialState
+
+from torchopt_edu.tuning import LogUniform, SearchSpace, Uniform, quadratic_task, tune
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SGD_LR = {"sgd": {"lr": LogUniform(1e-3, 1.0)}}
+
+
+@pytest.mark.parametrize("name", ["sgd", "torch.optim.SGD"])
+def test_finds_the_known_best_learning_rate_of_the_seeds_quadratic(name):
+    # (w + 2)^2 from w = 0: one gradient step lands on -2 exactly when lr = 1/2, and after
+    # T steps the loss is 4 (1 - 2 lr)^(2T). Budget: 30 trials, seed 0, tolerance 0.03.
+    space = SearchSpace({name: {"lr": LogUniform(1e-3, 1.0)}})
+    result = tune(
+        quadratic_task(steps=1), space, n_trials=30, storage=InMemoryStorage(), pruner="none"
+    )
+    assert result.best.optimizer_name == name
+    assert abs(result.best.hyperparameters["lr"] - 0.5) < 0.03
+    assert result.best_value == pytest.approx(4 * (1 - 2 * result.best.hyperparameters["lr"]) ** 2)
+    assert len(result.study.trials) == 30
+
+
+def test_median_pruner_stops_trials_worse_than_the_median_at_their_step():
+    steps = 8
+    space = SearchSpace({"sgd": {"lr": LogUniform(1e-4, 1.0)}})
+    result = tune(quadratic_task(steps=steps), space, n_trials=20, storage=InMemoryStorage())
+    trials = result.study.trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, "the median pruner stopped no trial"
+    for trial in pruned:
+        step = max(trial.intermediate_values)
+        assert step < steps - 1  # stopped before the end
+        earlier = [
+            t.intermediate_values[step]
+            for t in trials
+            if t.state == TrialState.COMPLETE and t.number < trial.number
+        ]
+        assert len(earlier) >= 5  # n_startup_trials
+        assert trial.intermediate_values[step] > statistics.median(earlier)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert all(len(t.intermediate_values) == steps for t in complete)
+
+
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
+def test_halving_pruners_stop_trials(pruner):
+    space = SearchSpace({"sgd": {"lr": LogUniform(1e-4, 1.0)}})
+    result = tune(
+        quadratic_task(steps=9), space, n_trials=20, storage=InMemoryStorage(), pruner=pruner
+    )
+    states = [t.state for t in result.study.trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+
+
+def test_without_pruner_every_trial_reports_every_step():
+    result = tune(
+        quadratic_task(steps=4),
+        SearchSpace(SGD_LR),
+        n_trials=8,
+        storage=InMemoryStorage(),
+        pruner="none",
+    )
+    assert all(t.state == TrialState.COMPLETE for t in result.study.trials)
+    assert all(sorted(t.intermediate_values) == [0, 1, 2, 3] for t in result.study.trials)
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on():
+    # lr up to 1000 diverges: (1 - 2 lr)^(2T) overflows to inf in float64 (a NaN-or-inf loss);
+    # a negative momentum makes the optimizer's constructor raise ValueError.
+    space = SearchSpace({"sgd": {"lr": LogUniform(1e-3, 1e3), "momentum": Uniform(-0.5, 0.5)}})
+    result = tune(
+        quadratic_task(steps=200), space, n_trials=24, storage=InMemoryStorage(), pruner="none"
+    )
+    trials = result.study.trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    errors = [t.user_attrs["error"] for t in failed]
+    assert any(e.startswith("FloatingPointError: trial") and "reported inf" in e for e in errors)
+    assert any(e.startswith("ValueError") and "momentum" in e for e in errors)
+    assert len(trials) == 24  # the study went on to its budget
+    assert any(t.state == TrialState.COMPLETE for t in trials if t.number > failed[0].number)
+    best = result.study.trials[result.best_trial]
+    assert best.state == TrialState.COMPLETE
+    assert result.best.hyperparameters["momentum"] >= 0
+
+
+def test_a_returned_nan_fails_the_trial():
+    calls = []
+
+    def train(config, report):
+        calls.append(config)
+        return float("nan") if len(calls) == 2 else config.hyperparameters["lr"]
+
+    result = tune(train, SearchSpace(SGD_LR), n_trials=3, storage=InMemoryStorage())
+    states = [t.state for t in result.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert result.study.trials[1].user_attrs["error"] == "FloatingPointError: trial 1 returned nan"
+
+
+def test_exceptions_outside_catch_fail_the_trial_and_propagate(tmp_path):
+    def train(config, report):
+        raise ZeroDivisionError("boom")
+
+    storage = tmp_path / "study.db"
+    with pytest.raises(ZeroDivisionError, match="boom"):
+        tune(train, SearchSpace(SGD_LR), n_trials=3, storage=storage, catch=(ValueError,))
+    study = optuna.load_study(study_name="torchopt-edu", storage=f"sqlite:///{storage}")
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    assert study.trials[0].user_attrs["error"] == "ZeroDivisionError: boom"
+
+
+def test_no_completed_trial_raises_with_the_last_error():
+    def train(config, report):
+        raise ValueError(f"bad lr {config.hyperparameters['lr']:.3f}")
+
+    with pytest.raises(RuntimeError, match=r"no completed trial \(3 trials; last error: Value"):
+        tune(train, SearchSpace(SGD_LR), n_trials=3, storage=InMemoryStorage())
+
+
+def _params(study):
+    return [(t.number, t.params, t.value) for t in study.trials]
+
+
+def test_resumed_study_continues_the_count_and_matches_an_uninterrupted_one(tmp_path):
+    # 14 trials: the first 10 are TPE's random start-up, the rest use its model of the past.
+    space = SearchSpace({"sgd": {"lr": LogUniform(1e-3, 1.0), "momentum": Uniform(0.0, 0.9)}})
+    whole = tune(quadratic_task(steps=3), space, n_trials=14, storage=tmp_path / "whole.db")
+    first = tune(quadratic_task(steps=3), space, n_trials=6, storage=tmp_path / "parts.db")
+    assert len(first.study.trials) == 6
+    resumed = tune(quadratic_task(steps=3), space, n_trials=14, storage=tmp_path / "parts.db")
+    assert [t.number for t in resumed.study.trials] == list(range(14))
+    assert _params(resumed.study) == _params(whole.study)
+    assert resumed.best == whole.best
+    again = tune(quadratic_task(steps=3), space, n_trials=14, storage=tmp_path / "parts.db")
+    assert len(again.study.trials) == 14  # budget reached: nothing more to run
+
+
+def test_interrupted_study_resumes_after_the_interrupted_trial(tmp_path):
+    storage = tmp_path / "study.db"
+    objective = quadratic_task(steps=2)
+
+    def interrupted_at_trial_3(config, report):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what Ctrl+C raises
+        calls.append(config)
+        return objective(config, report)
+
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        tune(
+            interrupted_at_trial_3, SearchSpace(SGD_LR), n_trials=8, storage=storage, pruner="none"
+        )
+    study = optuna.load_study(study_name="torchopt-edu", storage=f"sqlite:///{storage}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [TrialState.FAIL]
+    assert study.trials[3].user_attrs["error"].startswith("KeyboardInterrupt")
+    result = tune(objective, SearchSpace(SGD_LR), n_trials=8, storage=storage, pruner="none")
+    assert [t.number for t in result.study.trials] == list(range(8))
+    assert [t.state for t in result.study.trials[4:]] == [TrialState.COMPLETE] * 4
+
+
+def test_bad_arguments_raise_before_any_database_is_written(tmp_path):
+    storage = tmp_path / "study.db"
+    train = quadratic_task()
+    with pytest.raises(ValueError, match=r"n_trials must be a positive integer, got 0"):
+        tune(train, SearchSpace(SGD_LR), n_trials=0, storage=storage)
+    with pytest.raises(ValueError, match=r"unknown pruner 'medain'"):
+        tune(train, SearchSpace(SGD_LR), pruner="medain", storage=storage)
+    with pytest.raises(ValueError, match=r"direction must be 'minimize' or 'maximize'"):
+        tune(train, SearchSpace(SGD_LR), direction="min", storage=storage)
+    with pytest.raises(TypeError, match=r"space must be a SearchSpace or None, got \['sgd'\]"):
+        tune(train, ["sgd"], storage=storage)
+    assert not storage.exists()
+
+
+def test_existing_study_with_the_other_direction_is_refused(tmp_path):
+    storage = tmp_path / "study.db"
+    tune(quadratic_task(), SearchSpace(SGD_LR), n_trials=1, storage=storage)
+    with pytest.raises(ValueError, match=r"already exists with direction 'minimize'"):
+        tune(
+            quadratic_task(), SearchSpace(SGD_LR), n_trials=2, storage=storage, direction="maximize"
+        )
+
+
+def test_storage_must_be_a_path_url_or_optuna_storage():
+    with pytest.raises(TypeError, match=r"storage must be a path, a database URL .* got 42"):
+        tune(quadratic_task(), SearchSpace(SGD_LR), storage=42)
