@@ -279,9 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --device: unknown device {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: CUDA is not available on this machine")
-    steps = args.steps or (5 if args.quick else 20)
-    if steps < 1 or args.warmup < 0:
-        parser.error("argument --steps must be >= 1 and --warmup >= 0")
+    steps = args.steps if args.steps is not None else (5 if args.quick else 20)
+    memory_steps = args.memory_steps if args.memory_steps is not None else (
+        50 if args.quick else 1000)
+    if steps < 1 or args.warmup < 0 or memory_steps < 1:
+        parser.error("arguments --steps and --memory-steps must be >= 1, --warmup >= 0")
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     copy_gb_per_s = copy_bandwidth(shapes[-1][1] * shapes[-1][2], device, repeats=steps)
     rows: list[Row] = []
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         for shape in shapes:
             rows.extend(run_shape(ALGORITHMS[name], shape, device, steps, args.warmup))
             print(f"  done: {name} {shape[0]}", flush=True)
-    memory = memory_growth(device, args.memory_steps or (50 if args.quick else 1000))
+    memory = memory_growth(device, memory_steps)
     print(f"\n{torch.__version__} on {device} ({torch.get_num_threads()} threads), "
           f"median of {steps} interleaved steps after {args.warmup} warm-up\n")
     print(format_table(rows, copy_gb_per_s))

@@ -25,16 +25,26 @@ def test_flat_mode_packs_parameters_and_gradients_into_one_buffer():
     optimizer = ours.Adam(model.parameters(), lr=0.01, flat=True)
     (slab,) = optimizer._flat_groups[0].slabs
     assert slab.param_buffer.numel() == sum(v.numel() for v in values)
+
+    def shares(tensor, buffer):
+        return tensor.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+
     for p, value in zip(model.parameters(), values, strict=True):
         assert torch.equal(p.detach(), value)  # values kept
-        assert p.untyped_storage().data_ptr() == slab.param_buffer.untyped_storage().data_ptr()
+        assert shares(p, slab.param_buffer)
+        assert p.grad is None  # no gradient invented: unused parameters stay untouched
+    model(torch.randn(4, 6)).sum().backward()
+    optimizer.step()  # the fresh gradients are copied in; from now on they are views
+    optimizer.zero_grad(set_to_none=False)
+    assert slab.grad_buffer.abs().sum() == 0
     model(torch.randn(4, 6)).sum().backward()  # autograd accumulates into the buffer
     assert slab.grad_buffer.abs().sum() > 0
     for p in model.parameters():
-        assert p.grad.untyped_storage().data_ptr() == slab.grad_buffer.untyped_storage().data_ptr()
+        assert shares(p.grad, slab.grad_buffer)
+        assert shares(optimizer.state[p]["exp_avg"], slab.flat_state["exp_avg"])
 
 
-@pytest.mark.parametrize("zero_grad", ["optimizer", "module_set_to_none"])
+@pytest.mark.parametrize("zero_grad", ["optimizer_in_place", "optimizer", "module"])
 def test_flat_training_equals_normal_training(zero_grad):
     flat_model, model = _mlp(), _mlp()
     flat_opt = ours.AdamW(flat_model.parameters(), lr=0.01, flat=True)
@@ -42,10 +52,12 @@ def test_flat_training_equals_normal_training(zero_grad):
     inputs, targets = torch.randn(16, 6), torch.randn(16, 2)
     for _ in range(20):
         for m, o in ((flat_model, flat_opt), (model, opt)):
-            if zero_grad == "optimizer":
-                o.zero_grad()
+            if zero_grad == "optimizer_in_place":
+                o.zero_grad(set_to_none=False)  # flat: one memset, gradients stay in the buffer
+            elif zero_grad == "optimizer":
+                o.zero_grad()  # gradients become fresh tensors, copied into the buffer at step
             else:
-                m.zero_grad(set_to_none=True)  # grads become fresh tensors, copied in at step
+                m.zero_grad()
             torch.nn.functional.mse_loss(m(inputs), targets).backward()
             o.step()
     assert_close_lists(list(flat_model.parameters()), list(model.parameters()), torch.float32)
@@ -81,7 +93,7 @@ def test_flat_state_dict_round_trip_and_resume():
     state_views = second.state[resumed[0]]["square_avg"]
     slab = second._flat_groups[0].slabs[0]
     assert state_views.untyped_storage().data_ptr() == (
-        slab.state_buffers["square_avg"].untyped_storage().data_ptr())
+        slab.flat_state["square_avg"].untyped_storage().data_ptr())
     for step in range(5, 12):
         set_grads([uninterrupted, resumed], step)
         reference.step()

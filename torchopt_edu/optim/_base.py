@@ -19,6 +19,7 @@ a fused kernel with identical math for the configuration, ``_can_fuse(group) -> 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 Impl = str  # "loop" | "foreach" | "fused"
-IMPLS = ("loop", "foreach", "fused")
 
 #: torch's elementwise CPU ops run single-threaded below this many elements (at::internal::
 #: GRAIN_SIZE); its fused optimizer kernels do not, so we apply the same rule to them.
@@ -45,7 +45,7 @@ def _as_number(name: str, value: float | Tensor) -> float:
         if value.numel() != 1:
             raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
         return float(value.item())
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     return float(value)
 
@@ -73,9 +73,13 @@ def check_beta(name: str, value: float | Tensor) -> None:
 
 def check_betas(betas: tuple[float, float]) -> None:
     """Check an Adam-style ``betas=(beta1, beta2)`` pair; name the bad index like torch does."""
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+    try:
+        pair = tuple(betas)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2:
         raise ValueError(f"Invalid betas value: {betas!r} (betas must be a pair (beta1, beta2))")
-    for index, beta in enumerate(betas):
+    for index, beta in enumerate(pair):
         number = _as_number(f"betas[{index}]", beta)
         if not 0.0 <= number < 1.0:
             raise ValueError(
@@ -222,13 +226,13 @@ def single_intra_op_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def new_step_tensor(param: Tensor) -> Tensor:
-    """A fresh ``state["step"]``: a float32 scalar on the parameter's device.
+def new_step_tensor(param: Tensor, on_param_device: bool) -> Tensor:
+    """A fresh ``state["step"]``: a float32 scalar counter.
 
-    torch.optim keeps it on the CPU for its loop/foreach paths and on the device for its fused
-    kernels; keeping it on the device always lets every implementation use it.
+    As in torch.optim: on the parameter's device where a fused kernel reads it, otherwise on
+    the CPU, where reading it for the bias corrections costs no device synchronisation.
     """
-    return torch.zeros((), dtype=torch.float32, device=param.device)
+    return torch.zeros((), dtype=torch.float32, device=param.device if on_param_device else "cpu")
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,10 +248,19 @@ class EduOptimizer(Optimizer):
     ``foreach=False`` selects the readable per-tensor loop, the reference implementation.
 
     ``flat=True`` stores the parameters, gradients and state of each device/dtype in one
-    contiguous buffer (parameters become views into it). Every step then runs one kernel over
-    one tensor. A parameter whose gradient is ``None`` makes that step fall back to the
-    per-tensor path over the same views, so the results never change, only the speed.
+    contiguous buffer (parameters become views into it), and a step runs one kernel over one
+    tensor. It gives the same numbers as the normal mode: whenever a parameter has no dense
+    gradient, or the parameters' states have different ages, that step takes the per-tensor
+    path over the same views. Call ``zero_grad(set_to_none=False)`` to keep the gradients in
+    the buffer between steps (one memset); after ``set_to_none=True`` (torch's default) new
+    gradients are copied into the buffer at the next step.
+
+    Subclasses set ``supports_sparse`` (SGD, Adagrad) and ``fused_on_accelerators`` (whether
+    their fused path also runs on GPUs, which decides where ``state["step"]`` lives).
     """
+
+    supports_sparse = False
+    fused_on_accelerators = True
 
     def __init__(
         self,
@@ -270,12 +283,14 @@ class EduOptimizer(Optimizer):
         )
         if flat and (defaults.get("foreach") is False):
             raise ValueError("flat=True needs a multi-tensor path; do not pass foreach=False")
+        self._flat = False  # add_param_group, called by torch's __init__, must not flatten yet
+        self._flat_groups: list[_FlatGroup] = []
         super().__init__(params, defaults)
-        self._flat = bool(flat)
-        self._flat_groups: list[_FlatGroup | None] = []
-        if self._flat:
-            self._flat_groups = [_FlatGroup.build(g) for g in self.param_groups]
-            self.register_load_state_dict_post_hook(EduOptimizer._reflatten_after_load)
+        if flat:
+            for group in self.param_groups:  # check every group before changing any
+                _FlatGroup.check(group["params"])
+            self._flat = True
+            self._flat_groups = [_FlatGroup.build(group) for group in self.param_groups]
 
     # -- hooks an algorithm implements ---------------------------------------------------
 
@@ -291,28 +306,53 @@ class EduOptimizer(Optimizer):
         """Whether a torch fused kernel computes exactly this group's update."""
         return False
 
+    def _new_step(self, param: Tensor, group: dict[str, Any]) -> Tensor:
+        """A zero ``state["step"]`` where this optimizer's kernels read it."""
+        return new_step_tensor(param, self.fused_on_accelerators and self._can_fuse(group))
+
     # -- torch.optim plumbing -------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``pickle`` and ``copy.deepcopy`` keep: torch's fields plus the flat flag."""
+        return {**super().__getstate__(), "flat": self._flat}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore after unpickling or ``load_state_dict``; fill in options old saves lack."""
+        flat = state.pop("flat", None)
         super().__setstate__(state)
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+        if "_flat" not in self.__dict__:  # unpickled or deep-copied, not load_state_dict
+            self._flat = bool(flat)
+            self._flat_groups = [_FlatGroup.build(g) for g in self.param_groups] if flat else []
+            for flat_group in self._flat_groups:
+                flat_group.adopt_state(self.state)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like torch.optim; in flat mode the loaded state moves into the buffers."""
+        super().load_state_dict(state_dict)
+        for flat_group in self._flat_groups:
+            flat_group.adopt_state(self.state)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (as torch.optim does); in flat mode it gets buffers of its own."""
+        if self._flat:
+            params = param_group["params"]
+            params = [params] if isinstance(params, Tensor) else list(params)
+            _FlatGroup.check(params)
+            param_group = {**param_group, "params": params}
         super().add_param_group(param_group)
-        if getattr(self, "_flat", False):
+        if self._flat:
             self._flat_groups.append(_FlatGroup.build(self.param_groups[-1]))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset gradients; in flat mode zero the gradient buffers in place (one memset each)."""
-        if not self._flat:
-            super().zero_grad(set_to_none=set_to_none)
+        """Reset gradients as torch.optim does; flat mode zeroes each buffer with one memset."""
+        if self._flat and not set_to_none and all(f.grads_in_buffer() for f in self._flat_groups):
+            for flat_group in self._flat_groups:
+                flat_group.zero_grad_buffers()
             return
-        for flat_group in self._flat_groups:
-            flat_group.zero_grad()
+        super().zero_grad(set_to_none=set_to_none)
 
     def _choose_impl(self, group: dict[str, Any], bucket: Bucket) -> Impl:
         foreach, fused = group.get("foreach"), group.get("fused")
@@ -327,13 +367,9 @@ class EduOptimizer(Optimizer):
                     "supported devices (CPU, CUDA, MPS, XPU) with dense gradients"
                 )
             return "fused"
-        if bucket.has_sparse_grad:
+        if bucket.has_sparse_grad or foreach is False:
             return "loop"
-        if foreach is False:
-            return "loop"
-        if foreach is None and fused is None and self._can_fuse(group) and fused_supported(
-            bucket
-        ):
+        if foreach is None and self._can_fuse(group) and fused_supported(bucket):
             return "fused"
         return "foreach"
 
@@ -345,12 +381,13 @@ class EduOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for index, group in enumerate(self.param_groups):
-            flat_group = self._flat_groups[index] if self._flat else None
-            if flat_group is not None and flat_group.ready_for_fast_step(self, group):
-                for bucket in flat_group.buckets(self.state):
-                    self._run(group, bucket)
-                flat_group.after_fast_step(self.state)
-                continue
+            if self._flat:
+                flat_group = self._flat_groups[index]
+                if flat_group.ready_for_fast_step(self, group):
+                    for bucket in flat_group.buckets():
+                        self._run(group, bucket)
+                    flat_group.after_fast_step()
+                    continue
             self._step_group(group)
         return loss
 
@@ -364,11 +401,18 @@ class EduOptimizer(Optimizer):
             grad = p.grad
             if grad is None:
                 continue
+            if grad.is_sparse and not self.supports_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients "
+                    f"(parameter of shape {tuple(p.shape)}); use SGD or Adagrad"
+                )
             state = optimizer_state.get(p)
             is_fresh = not state
             if is_fresh:
-                state = optimizer_state[p]
+                state = {}
                 self._init_state(p, state, group)
+                if state:  # optimizers without state (SGD, momentum 0) keep no entry
+                    optimizer_state[p] = state
             params.append(p)
             grads.append(grad)
             states.append(state)
@@ -388,6 +432,8 @@ class EduOptimizer(Optimizer):
         ops do; the numbers are the same either way (elementwise math, no reductions).
         """
         impl = self._choose_impl(group, bucket)
+        if impl == "fused" and bucket.device.type != "cpu":
+            _move_steps_to(bucket, bucket.device)  # e.g. state loaded from a CPU checkpoint
         if impl != "fused" or bucket.device.type != "cpu" or torch.get_num_threads() == 1:
             self._update(group, bucket, impl)
             return
@@ -398,10 +444,14 @@ class EduOptimizer(Optimizer):
             with single_intra_op_thread():
                 self._update(group, small, impl)
 
-    def _reflatten_after_load(self) -> None:
-        for group, flat_group in zip(self.param_groups, self._flat_groups, strict=True):
-            if flat_group is not None:
-                flat_group.adopt_state(self.state, group)
+
+def _move_steps_to(bucket: Bucket, device: torch.device) -> None:
+    """Fused GPU kernels read ``state["step"]`` on the device; move counters that are not."""
+    for state in bucket.states:
+        step = state.get("step")
+        if step is not None and step.device != device:
+            state["step"] = step.to(device)
+    bucket._views.pop("step", None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -410,70 +460,82 @@ class EduOptimizer(Optimizer):
 
 @dataclass
 class _FlatSlab:
-    """The parameters of one group with one device and dtype, packed into one buffer."""
+    """The parameters of one group with one device and dtype, packed into one buffer.
+
+    ``flat_state`` holds the packed state (one buffer per state key, one ``step`` counter)
+    once every parameter of the slab has state; it is empty before.
+    """
 
     params: list[Tensor]
     offsets: list[int]
     param_buffer: Tensor
     grad_buffer: Tensor
     grad_views: list[Tensor]
-    param_pointers: list[int] = field(default_factory=list)
-    state_buffers: dict[str, Tensor] = field(default_factory=dict)
+    param_pointers: list[int]
+    flat_state: dict[str, Tensor] = field(default_factory=dict)
     step_buffer: Tensor | None = None
-    flat_state: dict[str, Any] = field(default_factory=dict)
     first_step: bool = False
 
     def view(self, buffer: Tensor, i: int) -> Tensor:
+        """Parameter ``i``'s slice of ``buffer``, shaped like the parameter."""
         p = self.params[i]
         return buffer[self.offsets[i] : self.offsets[i] + p.numel()].view_as(p)
 
 
 class _FlatGroup:
-    """Flat buffers for one param group (one slab per device/dtype)."""
+    """Flat buffers for one param group (one slab per device and dtype)."""
 
     def __init__(self, slabs: list[_FlatSlab]) -> None:
         self.slabs = slabs
 
-    @classmethod
-    def build(cls, group: dict[str, Any]) -> _FlatGroup:
-        by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-        for p in group["params"]:
+    @staticmethod
+    def check(params: Iterable[Tensor]) -> None:
+        """Raise ``ValueError`` for a parameter that cannot live in a flat buffer."""
+        for p in params:
             if p.is_sparse or p.is_complex() or not p.is_floating_point():
                 raise ValueError(
                     f"flat=True supports dense real floating-point parameters, got {p.dtype}"
-                    f"{' (sparse)' if p.is_sparse else ''}"
+                    f"{' (sparse)' if p.is_sparse else ''} of shape {tuple(p.shape)}"
                 )
+
+    @classmethod
+    def build(cls, group: dict[str, Any]) -> _FlatGroup:
+        """Copy the group's parameters into new buffers and make them views of it."""
+        by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in group["params"]:
             by_kind.setdefault((p.device, p.dtype), []).append(p)
         slabs = []
         with torch.no_grad():
             for (device, dtype), params in by_kind.items():
                 sizes = [p.numel() for p in params]
                 offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-                total = sum(sizes)
-                param_buffer = torch.empty(total, device=device, dtype=dtype)
-                grad_buffer = torch.zeros(total, device=device, dtype=dtype)
-                slab = _FlatSlab(params, offsets, param_buffer, grad_buffer, [])
+                param_buffer = torch.empty(sum(sizes), device=device, dtype=dtype)
+                grad_buffer = torch.zeros(sum(sizes), device=device, dtype=dtype)
+                slab = _FlatSlab(params, offsets, param_buffer, grad_buffer, [], [])
                 for i, p in enumerate(params):
                     view = slab.view(param_buffer, i)
                     view.copy_(p)
                     p.data = view
                     slab.param_pointers.append(view.data_ptr())
-                    grad_view = slab.view(grad_buffer, i)
-                    if p.grad is not None:
-                        grad_view.copy_(p.grad)
-                    p.grad = grad_view
-                    slab.grad_views.append(grad_view)
+                    slab.grad_views.append(slab.view(grad_buffer, i))
                 slabs.append(slab)
         return cls(slabs)
 
-    def zero_grad(self) -> None:
+    def grads_in_buffer(self) -> bool:
+        """Whether every parameter's gradient is its view of the gradient buffer."""
+        return all(
+            p.grad is view
+            for slab in self.slabs
+            for p, view in zip(slab.params, slab.grad_views, strict=True)
+        )
+
+    def zero_grad_buffers(self) -> None:
+        """Zero every gradient buffer in place."""
         for slab in self.slabs:
             slab.grad_buffer.zero_()
-            for p, view in zip(slab.params, slab.grad_views, strict=True):
-                p.grad = view
 
     def ready_for_fast_step(self, optimizer: EduOptimizer, group: dict[str, Any]) -> bool:
-        """Move gradients into the buffer; return False when the per-tensor path must run.
+        """Move gradients into the buffers; return False when the per-tensor path must run.
 
         The fast path needs every parameter to have a dense gradient and every parameter's
         state to have the same age (all created together, all stepped together).
@@ -494,19 +556,23 @@ class _FlatGroup:
                 view.copy_(grad)
                 p.grad = view
         state = optimizer.state
-        has_state = [p in state for slab in self.slabs for p in slab.params]
-        if not all(has_state):
-            if any(has_state):
-                return False
+        has_state = [bool(state.get(p)) for slab in self.slabs for p in slab.params]
+        if not any(has_state):
             for p in group["params"]:
-                optimizer._init_state(p, state[p], group)
-            self.adopt_state(state, group)
-            self._mark_first_step(True)
-        else:
+                new_state: dict[str, Any] = {}
+                optimizer._init_state(p, new_state, group)
+                if new_state:
+                    state[p] = new_state
+            self.adopt_state(state)
+            first_step = True
+        elif all(has_state):
             if not all(slab.flat_state for slab in self.slabs):
-                self.adopt_state(state, group)
-            self._mark_first_step(False)
+                self.adopt_state(state)
+            first_step = False
+        else:
+            return False
         for slab in self.slabs:
+            slab.first_step = first_step
             if slab.step_buffer is not None:
                 steps = slab.step_buffer
                 if bool(steps.min() != steps.max()):
@@ -514,11 +580,8 @@ class _FlatGroup:
                 slab.flat_state["step"].copy_(steps[0])
         return True
 
-    def _mark_first_step(self, value: bool) -> None:
-        for slab in self.slabs:
-            slab.first_step = value
-
-    def buckets(self, state: dict[Tensor, dict[str, Any]]) -> list[Bucket]:
+    def buckets(self) -> list[Bucket]:
+        """One bucket per slab: the whole buffer as a single tensor."""
         return [
             Bucket(
                 params=[slab.param_buffer],
@@ -529,32 +592,35 @@ class _FlatGroup:
             for slab in self.slabs
         ]
 
-    def after_fast_step(self, state: dict[Tensor, dict[str, Any]]) -> None:
+    def after_fast_step(self) -> None:
+        """Copy the slab's step counter back into every parameter's ``state["step"]``."""
         for slab in self.slabs:
             if slab.step_buffer is not None:
                 slab.step_buffer.fill_(slab.flat_state["step"])
 
-    def adopt_state(self, state: dict[Tensor, dict[str, Any]], group: dict[str, Any]) -> None:
-        """Pack the per-parameter state tensors into flat buffers and point the state at views."""
+    def adopt_state(self, state: dict[Tensor, dict[str, Any]]) -> None:
+        """Pack the per-parameter state tensors into flat buffers and point the state at views.
+
+        A slab some of whose parameters have no state yet is left unpacked (its old packing,
+        if any, is dropped): the per-tensor path runs until every parameter has state.
+        """
         with torch.no_grad():
             for slab in self.slabs:
-                if any(p not in state for p in slab.params):
-                    continue  # state is created at the first step
-                first = state[slab.params[0]]
-                for key, value in first.items():
+                slab.flat_state = {}
+                slab.step_buffer = None
+                if not all(state.get(p) for p in slab.params):
+                    continue
+                for key, value in state[slab.params[0]].items():
                     if not isinstance(value, Tensor):
                         continue
                     if key == "step":
-                        buffer = torch.stack([state[p][key].reshape(()) for p in slab.params])
-                        slab.step_buffer = buffer
+                        steps = torch.stack([state[p][key].reshape(()) for p in slab.params])
                         for i, p in enumerate(slab.params):
-                            state[p][key] = buffer[i]
-                        slab.flat_state["step"] = buffer[0].clone()
+                            state[p][key] = steps[i]
+                        slab.step_buffer = steps
+                        slab.flat_state["step"] = steps[0].clone()
                         continue
-                    buffer = slab.state_buffers.get(key)
-                    if buffer is None:
-                        buffer = torch.empty_like(slab.param_buffer)
-                        slab.state_buffers[key] = buffer
+                    buffer = torch.empty_like(slab.param_buffer)
                     for i, p in enumerate(slab.params):
                         view = slab.view(buffer, i)
                         view.copy_(state[p][key])

@@ -15,7 +15,6 @@ from torchopt_edu.optim._base import (
     as_float,
     check_lr,
     check_non_negative,
-    new_step_tensor,
 )
 
 __all__ = ["Adagrad", "adagrad"]
@@ -43,7 +42,11 @@ class Adagrad(EduOptimizer):
 
     Implementations: the per-tensor loop (dense and sparse), the multi-tensor path, and torch's
     fused kernel ``torch._fused_adagrad_`` (same equations) by default for dense gradients.
+    As in torch.optim, the state exists from construction (so ``share_memory()`` works
+    before the first step, for Hogwild-style training).
     """
+
+    supports_sparse = True
 
     def __init__(
         self,
@@ -77,9 +80,18 @@ class Adagrad(EduOptimizer):
             fused=fused,
         )
         super().__init__(params, defaults, flat=flat)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_state(p, self.state[p], group)
+
+    def share_memory(self) -> None:
+        """Move the accumulators to shared memory (torch.optim.Adagrad's method)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["sum"].share_memory_()
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["step"] = new_step_tensor(param)
+        state["step"] = self._new_step(param, group)
         state["sum"] = torch.full_like(
             param, group["initial_accumulator_value"], memory_format=torch.preserve_format
         )

@@ -16,7 +16,6 @@ from torchopt_edu.optim._base import (
     as_float,
     check_lr,
     check_non_negative,
-    new_step_tensor,
 )
 
 __all__ = ["RMSprop", "rmsprop"]
@@ -53,6 +52,8 @@ class RMSprop(EduOptimizer):
     infinity so that both bias corrections equal 1, and the gradient itself as the
     first-moment buffer, so no memory is added): one pass over memory instead of five.
     """
+
+    fused_on_accelerators = False
 
     def __init__(
         self,
@@ -92,7 +93,7 @@ class RMSprop(EduOptimizer):
         super().__init__(params, defaults, flat=flat)
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["step"] = new_step_tensor(param)
+        state["step"] = self._new_step(param, group)
         state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         if group["momentum"] > 0:
             state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)

@@ -51,8 +51,12 @@ class SGD(EduOptimizer):
 
     Implementations: ``foreach=False`` runs the per-tensor loop (also used for sparse
     gradients); the default uses torch's fused kernel ``torch._fused_sgd_``, which computes
-    these same equations, and the multi-tensor path where it does not apply.
+    these same equations, and the multi-tensor path where it does not apply (and for
+    float16/bfloat16 on CPU, where torch 2.13's fused SGD skips whole vector blocks:
+    pytorch/pytorch#191763).
     """
+
+    supports_sparse = True
 
     def __init__(
         self,
@@ -96,6 +100,13 @@ class SGD(EduOptimizer):
 
     def _can_fuse(self, group: dict[str, Any]) -> bool:
         return True
+
+    def _choose_impl(self, group: dict[str, Any], bucket: Bucket) -> Impl:
+        impl = super()._choose_impl(group, bucket)
+        low_precision = bucket.params[0].dtype in (torch.float16, torch.bfloat16)
+        if impl == "fused" and low_precision and bucket.device.type == "cpu" and not group["fused"]:
+            return "foreach"
+        return impl
 
     def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
         momentum = group["momentum"]
@@ -247,7 +258,8 @@ def _sgd_loop(
                 velocity.copy_(grad.to_dense() if grad.is_sparse else grad)
             else:
                 velocity.mul_(momentum).add_(grad, alpha=1 - dampening)
-            grad = grad.add(velocity, alpha=momentum) if nesterov else velocity
+            # nesterov: g + mu*v, written so that a sparse g adds onto the dense velocity
+            grad = velocity.mul(momentum).add_(grad) if nesterov else velocity
         param.add_(grad, alpha=-lr)
 
 

@@ -17,7 +17,6 @@ from torchopt_edu.optim._base import (
     check_betas,
     check_lr,
     check_non_negative,
-    new_step_tensor,
 )
 
 __all__ = ["Yogi", "yogi"]
@@ -81,7 +80,7 @@ class Yogi(EduOptimizer):
         super().__init__(params, defaults, flat=flat)
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["step"] = new_step_tensor(param)
+        state["step"] = self._new_step(param, group)
         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.full_like(
             param, group["initial_accumulator_value"], memory_format=torch.preserve_format
