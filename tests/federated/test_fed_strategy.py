@@ -1,0 +1,291 @@
+"""Strategies against hand-written math: FedAvg = centralised SGD, FedProx, FedOpt's server steps,
+and malformed updates rejected without touching the global model or the server optimizer."""
+
+import copy
+import functools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from torchopt_edu.federated import (
+    Client,
+    ClientResult,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedOpt,
+    FedProx,
+    FedYogi,
+    InvalidUpdateError,
+    LocalTraining,
+    Simulation,
+)
+from torchopt_edu.lr_scheduler import StepDecay
+from torchopt_edu.optim import SGD, Adam
+
+
+def _data(n=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (n,), generator=generator)
+    return features, labels
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(4, 3).double()
+
+
+def test_fedavg_with_one_client_and_one_local_step_equals_centralised_sgd():
+    features, labels = _data()
+    model = _model()
+    central = copy.deepcopy(model)
+    train = LocalTraining(functools.partial(SGD, lr=0.5), epochs=1, batch_size=len(labels))
+    simulation = Simulation(model, [Client(0, features, labels)], FedAvg(), train, fraction=1.0)
+    simulation.run(1, progress=False)
+
+    optimizer = SGD(central.parameters(), lr=0.5)
+    loss = nn.functional.cross_entropy(central(features), labels)
+    loss.backward()
+    optimizer.step()
+    for name, tensor in central.state_dict().items():
+        # equal up to float64 rounding (the client sums its shuffled batch in another order)
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-15)
+    assert simulation.history[0]["train_loss"] == pytest.approx(loss.item(), rel=1e-12)
+
+
+def test_fedprox_client_steps_on_the_proximal_objective():
+    """Two full-batch SGD steps on F(w) + mu/2 ||w - w_global||^2, written out by hand."""
+    features, labels = _data()
+    model, mu, lr = _model(), 0.7, 0.3
+    global_params = [p.detach().clone() for p in model.parameters()]
+    train = FedProx(mu).configure_fit(
+        LocalTraining(functools.partial(SGD, lr=lr), epochs=2, batch_size=len(labels))
+    )
+    assert train.proximal_mu == mu
+    result = Client(0, features, labels).fit(copy.deepcopy(model), model.state_dict(), train, 0)
+
+    weights = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    for _ in range(2):
+        logits = features @ weights[0].T + weights[1]
+        grads = torch.autograd.grad(nn.functional.cross_entropy(logits, labels), weights)
+        with torch.no_grad():
+            for w, g, w0 in zip(weights, grads, global_params, strict=True):
+                w -= lr * (g + mu * (w - w0))  # gradient of the proximal term: mu (w - w^t)
+    torch.testing.assert_close(result.state["weight"], weights[0].detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(result.state["bias"], weights[1].detach(), rtol=0, atol=1e-12)
+
+
+def _results(model, deltas, weights):
+    """Client results whose states are the global state minus the given deltas."""
+    state = model.state_dict()
+    return [
+        ClientResult(k, {name: state[name] - delta[name] for name in state}, n)
+        for k, (delta, n) in enumerate(zip(deltas, weights, strict=True))
+    ]
+
+
+def _random_deltas(model, count, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {
+            name: 0.1 * torch.randn(t.shape, generator=generator, dtype=t.dtype)
+            for name, t in model.state_dict().items()
+        }
+        for _ in range(count)
+    ]
+
+
+def _pseudo_gradient(deltas, weights):
+    total = sum(weights)
+    return {
+        name: sum(n * d[name] for d, n in zip(deltas, weights, strict=True)) / total
+        for name in deltas[0]
+    }
+
+
+def _two_rounds(strategy, seed=3):
+    """Apply two rounds of random client results; return the model, pseudo-gradients, start."""
+    model = _model(seed)
+    start = {name: t.clone() for name, t in model.state_dict().items()}
+    gradients = []
+    for round_ in range(2):
+        deltas = _random_deltas(model, 3, seed=10 * seed + round_)
+        weights = [5, 2, 9]
+        gradients.append(_pseudo_gradient(deltas, weights))
+        strategy.aggregate_fit(model, _results(model, deltas, weights))
+    return model, gradients, start
+
+
+def test_fedadam_rounds_equal_adam_by_hand_and_keep_state_across_rounds():
+    lr, (beta1, beta2), tau = 0.05, (0.9, 0.99), 1e-3
+    model, gradients, start = _two_rounds(FedAdam(lr=lr, betas=(beta1, beta2), tau=tau))
+    for name, w in start.items():
+        w, m, v = w.clone(), torch.zeros_like(w), torch.zeros_like(w)
+        for t, grads in enumerate(gradients, start=1):
+            delta = grads[name]  # Delta = w^t - w_avg
+            m = beta1 * m + (1 - beta1) * delta
+            v = beta2 * v + (1 - beta2) * delta**2
+            m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+            w = w - lr * m_hat / (v_hat.sqrt() + tau)
+        torch.testing.assert_close(model.state_dict()[name], w, rtol=0, atol=1e-12)
+
+
+def test_fedyogi_rounds_equal_yogi_by_hand():
+    lr, (beta1, beta2), tau = 0.05, (0.9, 0.99), 1e-3
+    model, gradients, start = _two_rounds(FedYogi(lr=lr, betas=(beta1, beta2), tau=tau))
+    for name, w in start.items():
+        w, m, v = w.clone(), torch.zeros_like(w), torch.full_like(w, tau**2)
+        for t, grads in enumerate(gradients, start=1):
+            delta = grads[name]
+            m = beta1 * m + (1 - beta1) * delta
+            v = v - (1 - beta2) * torch.sign(v - delta**2) * delta**2
+            w = w - lr / (1 - beta1**t) * m / (v.sqrt() / math.sqrt(1 - beta2**t) + tau)
+        torch.testing.assert_close(model.state_dict()[name], w, rtol=0, atol=1e-12)
+
+
+def test_fedadagrad_rounds_equal_adagrad_by_hand():
+    lr, tau = 0.05, 1e-3
+    model, gradients, start = _two_rounds(FedAdagrad(lr=lr, tau=tau))
+    for name, w in start.items():
+        w, v = w.clone(), torch.full_like(w, tau**2)
+        for grads in gradients:
+            v = v + grads[name] ** 2
+            w = w - lr * grads[name] / (v.sqrt() + tau)
+        torch.testing.assert_close(model.state_dict()[name], w, rtol=0, atol=1e-12)
+
+
+def test_fedavgm_rounds_equal_server_momentum_by_hand():
+    lr, beta = 0.8, 0.9
+    model, gradients, start = _two_rounds(FedAvgM(lr=lr, momentum=beta))
+    for name, w in start.items():
+        w, velocity = w.clone(), torch.zeros_like(w)
+        for grads in gradients:
+            velocity = beta * velocity + grads[name]
+            w = w - lr * velocity
+        torch.testing.assert_close(model.state_dict()[name], w, rtol=0, atol=1e-12)
+
+
+def test_fedopt_with_sgd_lr_1_is_fedavg_and_torch_optim_works_as_server_optimizer():
+    model_sgd, _, _ = _two_rounds(FedOpt(functools.partial(SGD, lr=1.0)))
+    model_avg, _, _ = _two_rounds(FedAvg())
+    for name, tensor in model_avg.state_dict().items():
+        torch.testing.assert_close(model_sgd.state_dict()[name], tensor, rtol=0, atol=1e-15)
+    model_ours, _, _ = _two_rounds(FedOpt(functools.partial(Adam, lr=0.02)))
+    model_torch, _, _ = _two_rounds(FedOpt(functools.partial(torch.optim.Adam, lr=0.02)))
+    for name, tensor in model_torch.state_dict().items():
+        torch.testing.assert_close(model_ours.state_dict()[name], tensor, rtol=0, atol=1e-12)
+
+
+def test_fedopt_averages_buffers_and_steps_only_parameters():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    strategy = FedAdam(lr=0.1)
+    clients = []
+    for k, batches in enumerate((2, 5)):
+        client = copy.deepcopy(model)
+        for _ in range(batches):
+            client(torch.randn(8, 3) + k)  # training mode: running statistics move
+        clients.append(ClientResult(k, client.state_dict(), 1))
+    strategy.aggregate_fit(model, clients)
+    bn = model[1]
+    expected_mean = (clients[0].state["1.running_mean"] + clients[1].state["1.running_mean"]) / 2
+    torch.testing.assert_close(bn.running_mean, expected_mean)
+    assert bn.num_batches_tracked.item() == 4  # (2 + 5) / 2 = 3.5 rounds to even: 4
+    assert set(strategy.optimizer.state) == set(model.parameters())
+
+
+def _trained_fedadam():
+    model = _model(5)
+    strategy = FedAdam(lr=0.05)
+    deltas = _random_deltas(model, 2, seed=1)
+    strategy.aggregate_fit(model, _results(model, deltas, [1, 1]))
+    return model, strategy
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (
+            lambda s: s.__setitem__(
+                "weight", s["weight"].index_fill(0, torch.tensor([1]), math.nan)
+            ),
+            r"client 1: tensor 'weight': 4 of 12 values are NaN",
+        ),
+        (
+            lambda s: s.__setitem__("bias", torch.zeros(4, dtype=torch.float64)),
+            r"client 1: tensor 'bias': shape \(4,\) != expected \(3,\)",
+        ),
+        (
+            lambda s: s.__setitem__("bias", s["bias"].float()),
+            r"client 1: tensor 'bias': dtype torch.float32 != expected torch.float64",
+        ),
+        (lambda s: s.pop("bias"), r"client 1: keys do not match the model: missing \['bias'\]"),
+    ],
+)
+def test_malformed_update_is_rejected_without_touching_model_or_server_state(corrupt, message):
+    model, strategy = _trained_fedadam()
+    before_model = copy.deepcopy(model.state_dict())
+    before_optimizer = copy.deepcopy(strategy.optimizer.state_dict())
+    results = _results(model, _random_deltas(model, 2, seed=2), [3, 4])
+    corrupt(results[1].state)
+    with pytest.raises(InvalidUpdateError, match=message):
+        strategy.aggregate_fit(model, results)
+    for name, tensor in before_model.items():
+        assert torch.equal(model.state_dict()[name], tensor)
+    after_optimizer = strategy.optimizer.state_dict()
+    for index, state in before_optimizer["state"].items():
+        for key, value in state.items():
+            assert torch.equal(after_optimizer["state"][index][key], value), (index, key)
+
+
+def test_fedopt_refuses_a_second_model_and_bad_arguments():
+    model, strategy = _trained_fedadam()
+    other = _model(6)
+    with pytest.raises(ValueError, match="FedAdam's server optimizer holds the parameters of"):
+        strategy.aggregate_fit(other, _results(other, _random_deltas(other, 1, 0), [1]))
+    with pytest.raises(TypeError, match="server_optimizer must be callable"):
+        FedOpt("adam")
+    with pytest.raises(ValueError, match="mu must be a number >= 0, got -1"):
+        FedProx(-1)
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        FedAdam(lr=-1.0)
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 1"):
+        FedYogi(betas=(0.9, 1.5))
+    assert repr(FedAdam(lr=0.03)) == "FedAdam(Adam(lr=0.03, betas=(0.9, 0.99), eps=0.001))"
+
+
+@pytest.mark.parametrize("interval", ["epoch", "batch"])
+def test_client_steps_a_package_scheduler_per_epoch_or_per_batch(interval):
+    """StepDecay halves the learning rate after every epoch (or batch): SGD by hand."""
+    features, labels = _data(n=12)
+    model, lr, seed = _model(), 0.4, 11
+    batch_size = 12 if interval == "epoch" else 6
+    train = LocalTraining(
+        functools.partial(SGD, lr=lr),
+        epochs=2,
+        batch_size=batch_size,
+        scheduler=functools.partial(StepDecay, step_size=1, gamma=0.5),
+        scheduler_interval=interval,
+    )
+    result = Client(0, features, labels).fit(copy.deepcopy(model), model.state_dict(), train, seed)
+
+    torch.default_generator.manual_seed(seed)  # the client's batch order
+    weights = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    step_lr = lr
+    for _ in range(2):
+        for batch in torch.randperm(12).split(batch_size):
+            logits = features[batch] @ weights[0].T + weights[1]
+            grads = torch.autograd.grad(nn.functional.cross_entropy(logits, labels[batch]), weights)
+            with torch.no_grad():
+                for w, g in zip(weights, grads, strict=True):
+                    w -= step_lr * g
+            if interval == "batch":
+                step_lr *= 0.5
+        if interval == "epoch":
+            step_lr *= 0.5
+    torch.testing.assert_close(result.state["weight"], weights[0].detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(result.state["bias"], weights[1].detach(), rtol=0, atol=1e-12)

@@ -1,0 +1,92 @@
+"""Federated learning with this package's optimizers: FedAvg, FedProx and the FedOpt family.
+
+A few lines compose a run::
+
+    from functools import partial
+    from torchopt_edu.optim import SGD
+    from torchopt_edu.federated import (
+        MLP, FedAdam, LocalTraining, Simulation, dirichlet_partition, load_digits_split,
+        make_clients)
+
+    x, y, x_test, y_test = load_digits_split()
+    clients = make_clients(x, y, dirichlet_partition(y, num_clients=50, alpha=0.1))
+    train = LocalTraining(partial(SGD, lr=0.1), epochs=2, batch_size=10)
+    sim = Simulation(MLP(), clients, FedAdam(lr=0.03), train, (x_test, y_test), fraction=0.2)
+    history = sim.run(rounds=20)
+
+Modules: ``aggregate`` (pure averaging and update checks), ``client`` (local training),
+``strategy`` (how the server updates the global model), ``partition`` (who holds what),
+``simulation`` (the rounds), ``distributed`` (the same rounds over torch.distributed workers).
+"""
+
+from torchopt_edu.federated.aggregate import (
+    InvalidUpdateError,
+    average,
+    check_update,
+    fed_avg,
+    weighted_sum,
+)
+from torchopt_edu.federated.client import Client, ClientResult, LocalTraining, make_clients
+from torchopt_edu.federated.data import MLP, load_digits_split
+from torchopt_edu.federated.partition import (
+    PARTITIONS,
+    dirichlet_partition,
+    format_counts,
+    iid_partition,
+    label_counts,
+    plot_counts,
+    quantity_skew_partition,
+    shard_partition,
+)
+from torchopt_edu.federated.simulation import (
+    Simulation,
+    evaluate,
+    plot_history,
+    save_history,
+)
+from torchopt_edu.federated.strategy import (
+    STRATEGIES,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedOpt,
+    FedProx,
+    FedYogi,
+    Strategy,
+)
+
+__all__ = [
+    "InvalidUpdateError",
+    "average",
+    "check_update",
+    "fed_avg",
+    "weighted_sum",
+    "Client",
+    "ClientResult",
+    "LocalTraining",
+    "make_clients",
+    "MLP",
+    "load_digits_split",
+    "PARTITIONS",
+    "dirichlet_partition",
+    "format_counts",
+    "iid_partition",
+    "label_counts",
+    "plot_counts",
+    "quantity_skew_partition",
+    "shard_partition",
+    "Simulation",
+    "evaluate",
+    "plot_history",
+    "save_history",
+    "STRATEGIES",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedOpt",
+    "FedProx",
+    "FedYogi",
+    "Strategy",
+]
