@@ -54,9 +54,9 @@ def test_bench_runs_and_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert {r["candidate"] for r in rows if r["algorithm"] == "adam"} == {
-        "torch loop", "torch foreach", "torch fused", "ours", "ours flat"}
+        "torch loop", "torch foreach", "torch fused", "ours foreach", "ours", "ours flat"}
     assert {r["candidate"] for r in rows if r["algorithm"] == "rmsprop"} == {
-        "torch loop", "torch foreach", "ours", "ours flat"}
+        "torch loop", "torch foreach", "ours foreach", "ours", "ours flat"}
     for r in rows:  # state memory: ours never holds more than torch for the same algorithm
         torch_state = max(s["state_bytes_per_param"] for s in rows
                           if s["algorithm"] == r["algorithm"] and s["shape"] == r["shape"]

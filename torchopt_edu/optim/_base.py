@@ -541,10 +541,12 @@ class _FlatGroup:
         state to have the same age (all created together, all stepped together).
         """
         for slab in self.slabs:
-            for i, (p, view) in enumerate(zip(slab.params, slab.grad_views, strict=True)):
-                if p.data_ptr() != slab.param_pointers[i]:
+            for p, view, pointer in zip(
+                slab.params, slab.grad_views, slab.param_pointers, strict=True
+            ):
+                if p.data_ptr() != pointer:
                     raise RuntimeError(
-                        f"flat=True: parameter {i} of shape {tuple(p.shape)} no longer lives in "
+                        f"flat=True: a parameter of shape {tuple(p.shape)} no longer lives in "
                         "the optimizer's buffer (moved by .to(), or .data reassigned); "
                         "create the optimizer after moving the model"
                     )
@@ -555,22 +557,21 @@ class _FlatGroup:
                     return False
                 view.copy_(grad)
                 p.grad = view
-        state = optimizer.state
-        has_state = [bool(state.get(p)) for slab in self.slabs for p in slab.params]
-        if not any(has_state):
-            for p in group["params"]:
-                new_state: dict[str, Any] = {}
-                optimizer._init_state(p, new_state, group)
-                if new_state:
-                    state[p] = new_state
-            self.adopt_state(state)
-            first_step = True
-        elif all(has_state):
-            if not all(slab.flat_state for slab in self.slabs):
-                self.adopt_state(state)
+        if all(slab.flat_state for slab in self.slabs):  # packed: every parameter has state
             first_step = False
         else:
-            return False
+            state = optimizer.state
+            has_state = [bool(state.get(p)) for slab in self.slabs for p in slab.params]
+            if any(has_state) and not all(has_state):
+                return False
+            if not any(has_state):
+                for p in group["params"]:
+                    new_state: dict[str, Any] = {}
+                    optimizer._init_state(p, new_state, group)
+                    if new_state:
+                        state[p] = new_state
+            self.adopt_state(state)
+            first_step = not any(has_state)
         for slab in self.slabs:
             slab.first_step = first_step
             if slab.step_buffer is not None:
