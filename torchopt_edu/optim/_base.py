@@ -20,6 +20,7 @@ a fused kernel with identical math for the configuration, ``_can_fuse(group) -> 
 from __future__ import annotations
 
 import numbers
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,13 +147,15 @@ class Bucket:
         parts = []
         for wanted in (True, False):
             idx = [i for i, k in enumerate(keep) if k is wanted]
-            parts.append(Bucket(
-                params=[self.params[i] for i in idx],
-                grads=[self.grads[i] for i in idx],
-                states=[self.states[i] for i in idx],
-                is_complex=self.is_complex,
-                first_step=self.first_step,
-            ))
+            parts.append(
+                Bucket(
+                    params=[self.params[i] for i in idx],
+                    grads=[self.grads[i] for i in idx],
+                    states=[self.states[i] for i in idx],
+                    is_complex=self.is_complex,
+                    first_step=self.first_step,
+                )
+            )
         return parts[0], parts[1]
 
     @property
@@ -541,16 +544,18 @@ class _FlatGroup:
         state to have the same age (all created together, all stepped together).
         """
         for slab in self.slabs:
-            for p, view, pointer in zip(
-                slab.params, slab.grad_views, slab.param_pointers, strict=True
-            ):
-                if p.data_ptr() != pointer:
-                    raise RuntimeError(
-                        f"flat=True: a parameter of shape {tuple(p.shape)} no longer lives in "
-                        "the optimizer's buffer (moved by .to(), or .data reassigned); "
-                        "create the optimizer after moving the model"
-                    )
-                grad = p.grad
+            # list comprehensions and C-level comparisons: this runs every step over
+            # thousands of parameters, and a Python-level loop body would cost more than
+            # the update itself
+            if [p.data_ptr() for p in slab.params] != slab.param_pointers:
+                raise RuntimeError(
+                    "flat=True: a parameter no longer lives in the optimizer's buffer (moved "
+                    "by .to(), or .data reassigned); create the optimizer after moving the model"
+                )
+            grads = [p.grad for p in slab.params]
+            if all(map(operator.is_, grads, slab.grad_views)):
+                continue
+            for p, grad, view in zip(slab.params, grads, slab.grad_views, strict=True):
                 if grad is view:
                     continue
                 if grad is None or grad.is_sparse:
