@@ -76,7 +76,9 @@ class MultiTaskModel(nn.Module):
     MGDA-UB (``wrt="representation"``) needs.
     """
 
-    def __init__(self, trunk: nn.Module, tasks: Sequence[Task], heads: Mapping[str, nn.Module]):
+    def __init__(
+        self, trunk: nn.Module, tasks: Sequence[Task], heads: Mapping[str, nn.Module]
+    ) -> None:
         super().__init__()
         names = [task.name for task in tasks]
         if len(tasks) < 2 or len(set(names)) != len(names):

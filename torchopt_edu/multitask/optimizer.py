@@ -103,7 +103,7 @@ class MultiTaskOptimizer:
         aggregate: Aggregator,
         *,
         wrt: Literal["parameters", "representation"] = "parameters",
-    ):
+    ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"

@@ -29,7 +29,7 @@ class LossWeighting(nn.Module):
     ``forward`` instead, because it needs each loss's own graph, not the stacked vector's.
     """
 
-    def __init__(self, num_tasks: int):
+    def __init__(self, num_tasks: int) -> None:
         super().__init__()
         if not isinstance(num_tasks, int) or num_tasks < 2:
             raise ValueError(f"num_tasks must be an int >= 2, got {num_tasks!r}")
@@ -58,7 +58,7 @@ class FixedWeighting(LossWeighting):
     otherwise the weights need tuning by hand.
     """
 
-    def __init__(self, weights: Sequence[float]):
+    def __init__(self, weights: Sequence[float]) -> None:
         values = torch.as_tensor(list(weights), dtype=torch.float32)
         super().__init__(len(values))
         if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
@@ -66,10 +66,12 @@ class FixedWeighting(LossWeighting):
         self.register_buffer("task_weights", values)
 
     def combine(self, losses: Tensor) -> Tensor:
+        """``sum_i w_i L_i`` with the fixed weights."""
         return (self.task_weights.to(losses) * losses).sum()
 
     @property
     def weights(self) -> Tensor:
+        """The weights ``w_i`` (a copy)."""
         return self.task_weights.clone()
 
 
@@ -87,7 +89,7 @@ class UncertaintyWeighting(LossWeighting):
     give ``weighting.parameters()`` to the optimizer.
     """
 
-    def __init__(self, kinds: Sequence[str]):
+    def __init__(self, kinds: Sequence[str]) -> None:
         kinds = list(kinds)
         super().__init__(len(kinds))
         unknown = [kind for kind in kinds if kind not in ("classification", "regression")]
@@ -99,11 +101,13 @@ class UncertaintyWeighting(LossWeighting):
         self.log_variance = nn.Parameter(torch.zeros(len(kinds)))
 
     def combine(self, losses: Tensor) -> Tensor:
+        """``sum_i c_i exp(-s_i) L_i + s_i / 2`` with the learned log-variances ``s_i``."""
         precision = torch.exp(-self.log_variance)
         return (self.scale * precision * losses + 0.5 * self.log_variance).sum()
 
     @property
     def weights(self) -> Tensor:
+        """The effective loss weights ``c_i exp(-s_i)``, detached."""
         return (self.scale * torch.exp(-self.log_variance)).detach()
 
 
@@ -119,7 +123,7 @@ class DynamicWeightAverage(LossWeighting):
     uses one epoch; the default, 1, is per step). During the first two periods ``w_i = 1``.
     """
 
-    def __init__(self, num_tasks: int, temperature: float = 2.0, period: int = 1):
+    def __init__(self, num_tasks: int, temperature: float = 2.0, period: int = 1) -> None:
         super().__init__(num_tasks)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -134,6 +138,7 @@ class DynamicWeightAverage(LossWeighting):
         self.periods_done = 0
 
     def combine(self, losses: Tensor) -> Tensor:
+        """``sum_i w_i L_i`` with the current period's weights; records the losses."""
         total = (self.task_weights.to(losses) * losses).sum()
         self.period_sum += losses.detach().to(self.period_sum)
         self.calls += 1
@@ -153,6 +158,7 @@ class DynamicWeightAverage(LossWeighting):
 
     @property
     def weights(self) -> Tensor:
+        """The weights ``w_i`` (a copy)."""
         return self.task_weights.clone()
 
     def get_extra_state(self) -> dict[str, int]:
@@ -183,7 +189,9 @@ class GradNorm(LossWeighting):
     are pushed (1.5 in the paper's NYUv2 runs). Give ``weighting.parameters()`` to the optimizer.
     """
 
-    def __init__(self, num_tasks: int, shared_parameters: Iterable[Tensor], alpha: float = 1.5):
+    def __init__(
+        self, num_tasks: int, shared_parameters: Iterable[Tensor], alpha: float = 1.5
+    ) -> None:
         super().__init__(num_tasks)
         self.shared = list(shared_parameters)
         usable = all(isinstance(p, Tensor) and p.requires_grad for p in self.shared)
@@ -238,5 +246,6 @@ class GradNorm(LossWeighting):
 
     @property
     def weights(self) -> Tensor:
+        """The weights renormalised to sum to the number of tasks, detached."""
         weights = self.task_weights.detach().clamp(min=torch.finfo(self.task_weights.dtype).eps)
         return weights * self.num_tasks / weights.sum()
