@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from torchopt_edu.datasets import load_digits_tensors
 from torchopt_edu.optim import OPTIMIZERS
 
 #: Learning rates that work for a small MLP on digits (each optimizer's own scale).
@@ -54,16 +55,7 @@ class RunResult:
 def load_dataset(name: str, seed: int) -> tuple[Split, Split]:
     """Return (train, test) splits of ``"digits"`` or ``"synthetic"``, standardised."""
     if name == "digits":
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "the digits dataset needs scikit-learn: pip install 'torchopt-edu[data]' "
-                "or run with --dataset synthetic"
-            ) from error
-        digits = load_digits()
-        features = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-        labels = torch.tensor(digits.target, dtype=torch.long)
+        features, labels = load_digits_tensors()
     elif name == "synthetic":
         generator = torch.Generator().manual_seed(seed)
         centers = torch.randn(10, 64, generator=generator) * 1.5

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from torchopt_edu.datasets import load_digits_tensors
+
 
 def load_digits_split(
     test_fraction: float = 0.2, seed: int = 0, device: str | torch.device = "cpu"
@@ -14,28 +16,23 @@ def load_digits_split(
     Pixels (0..16) are scaled to [0, 1] and flattened to 64 features; the test set is a
     stratified ``test_fraction`` of the data chosen by ``seed``. Needs scikit-learn.
     """
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError as error:
-        raise ImportError(
-            "the digits data set needs scikit-learn: pip install torchopt-edu[data]"
-        ) from error
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        digits.data / 16.0,
-        digits.target,
+    pixels, labels = load_digits_tensors()  # raises the install hint without scikit-learn
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(
+        torch.arange(len(labels)).numpy(),
         test_size=test_fraction,
         random_state=seed,
-        stratify=digits.target,
+        stratify=labels.numpy(),
     )
+    train, test = torch.as_tensor(train), torch.as_tensor(test)
     return (
-        torch.as_tensor(x_train, dtype=torch.float32, device=device),
-        torch.as_tensor(y_train, dtype=torch.int64, device=device),
-        torch.as_tensor(x_test, dtype=torch.float32, device=device),
-        torch.as_tensor(y_test, dtype=torch.int64, device=device),
+        pixels[train].to(device),
+        labels[train].to(device),
+        pixels[test].to(device),
+        labels[test].to(device),
     )
 
 

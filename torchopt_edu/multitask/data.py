@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from torchopt_edu.datasets import load_digits_tensors
 from torchopt_edu.multitask.model import Task
 
 DIGITS_TASKS = (Task("digit", "classification", 10), Task("ink", "regression"))
@@ -53,15 +54,7 @@ def load_digits_tasks(
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as error:
-        raise ImportError(
-            "load_digits_tasks needs scikit-learn: pip install torchopt-edu[data]"
-        ) from error
-    digits = load_digits()
-    inputs = torch.as_tensor(digits.data, dtype=torch.float32) / 16.0
-    labels = torch.as_tensor(digits.target, dtype=torch.long)
+    inputs, labels = load_digits_tensors()
     ink = inputs.mean(1)
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
     num_test = round(test_fraction * len(inputs))

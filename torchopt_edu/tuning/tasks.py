@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from torchopt_edu.datasets import load_digits_tensors
 from torchopt_edu.tuning.config import OptimizerConfig
 from torchopt_edu.tuning.study import Report, TrainFn
 
@@ -167,15 +168,7 @@ def load_digits_splits(seed: int = 0) -> tuple[Data, Data, Data]:
 
     Pixels are scaled from 0..16 to 0..1; the split is a random permutation seeded by ``seed``.
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as error:
-        raise ImportError(
-            "the digits task needs scikit-learn: pip install torchopt-edu[data]"
-        ) from error
-    digits = load_digits()
-    inputs = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    targets = torch.tensor(digits.target, dtype=torch.long)
+    inputs, targets = load_digits_tensors()
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
     n_train, n_valid = int(0.6 * len(inputs)), int(0.2 * len(inputs))
     parts = order.split([n_train, n_valid, len(inputs) - n_train - n_valid])
