@@ -35,7 +35,7 @@ def test_demo_learns_digits():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+    (["--epochs", "0"], "--epochs: must be an integer >= 1, got 0"),
     (["--optimizers", "lbfgs"], "invalid choice: 'lbfgs'"),
     (["--dataset", "mnist"], "invalid choice: 'mnist'"),
 ])

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from torchopt_edu._argtypes import positive_int
 from torchopt_edu.datasets import load_digits_tensors
 from torchopt_edu.optim import OPTIMIZERS
 
@@ -154,13 +155,6 @@ def plot_losses(results: list[RunResult], path: Path) -> Path | None:
     return path
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchopt-edu demo`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -171,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizers", nargs="+", choices=sorted(DEMO_HYPERPARAMETERS),
                         default=list(DEMO_HYPERPARAMETERS), metavar="NAME",
                         help=f"subset of: {', '.join(DEMO_HYPERPARAMETERS)}")
-    parser.add_argument("--epochs", type=_positive_int, default=15)
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--epochs", type=positive_int, default=15)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"),
                         help="folder for the loss-curve plot (default runs/demo)")

@@ -46,8 +46,8 @@ def test_regression_dataset_one_learning_rate_and_dispatch(tmp_path: Path,
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--lr", "-1"], "argument --lr: must be > 0.0, got -1"),
-        (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+        (["--lr", "-1"], "argument --lr: must be a number > 0, got -1"),
+        (["--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
         (["--optimizer", "adamm"], "argument --optimizer: unknown optimizer 'adamm'"),
         (["--optimizer", "torch.nope"], "argument --optimizer: unknown optimizer 'torch.nope'"),
         (["--dataset", "cora"], "argument --dataset: invalid choice: 'cora'"),

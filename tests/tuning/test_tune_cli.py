@@ -52,8 +52,8 @@ def test_digits_run_retrains_the_best_configuration(tmp_path, capsys, one_thread
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--n-trials", "0"], r"argument --n-trials: expected a positive integer, got 0"),
-        (["--epochs", "x"], r"argument --epochs: expected a positive integer, got 'x'"),
+        (["--n-trials", "0"], r"argument --n-trials: must be an integer >= 1, got 0"),
+        (["--epochs", "x"], r"argument --epochs: expected an integer, got 'x'"),
         (["--optimizers", "adam,adamm"], r"unknown optimizer 'adamm'"),
         (["--schedules", "cosinus"], r"unknown schedule 'cosinus'"),
         (["--pruner", "medain"], r"argument --pruner: invalid choice: 'medain'"),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from torchopt_edu._argtypes import fraction, non_negative_float, positive_float, positive_int
 from torchopt_edu.federated.client import LocalTraining, make_clients
 from torchopt_edu.federated.data import MLP, load_digits_split
 from torchopt_edu.federated.partition import (
@@ -40,34 +41,6 @@ HEADER = (
 )
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``torchopt-edu federated``."""
     parser = argparse.ArgumentParser(
@@ -75,17 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate federated learning on scikit-learn digits with an MLP.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--clients", type=_positive_int, default=50, help="number of clients K")
-    parser.add_argument("--rounds", type=_positive_int, default=30, help="communication rounds")
+    parser.add_argument("--clients", type=positive_int, default=50, help="number of clients K")
+    parser.add_argument("--rounds", type=positive_int, default=30, help="communication rounds")
     parser.add_argument(
-        "--fraction", type=_fraction, default=0.2, help="clients sampled per round C"
+        "--fraction", type=fraction, default=0.2, help="clients sampled per round C"
     )
-    parser.add_argument("--local-epochs", type=_positive_int, default=5, help="local epochs E")
-    parser.add_argument("--batch-size", type=_positive_int, default=10, help="local batch size B")
+    parser.add_argument("--local-epochs", type=positive_int, default=5, help="local epochs E")
+    parser.add_argument("--batch-size", type=positive_int, default=10, help="local batch size B")
     parser.add_argument(
         "--client-optimizer", choices=sorted(OPTIMIZERS), default="sgd", help="clients' optimizer"
     )
-    parser.add_argument("--lr", type=_positive_float, default=0.1, help="clients' learning rate")
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="clients' learning rate")
     parser.add_argument(
         "--partition",
         choices=["iid", "dirichlet", "shards", "quantity"],
@@ -93,32 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the training set is split among the clients",
     )
     parser.add_argument(
-        "--alpha", type=_positive_float, default=0.1, help="label skew of --partition dirichlet"
+        "--alpha", type=positive_float, default=0.1, help="label skew of --partition dirichlet"
     )
     parser.add_argument(
-        "--shards-per-client", type=_positive_int, default=2, help="for --partition shards"
+        "--shards-per-client", type=positive_int, default=2, help="for --partition shards"
     )
     parser.add_argument(
-        "--beta", type=_positive_float, default=0.5, help="size skew of --partition quantity"
+        "--beta", type=positive_float, default=0.5, help="size skew of --partition quantity"
     )
     parser.add_argument(
         "--strategy", choices=[*STRATEGIES, "fedopt"], default="fedavg", help="server strategy"
     )
-    parser.add_argument("--mu", type=_non_negative_float, default=0.01, help="FedProx mu")
+    parser.add_argument("--mu", type=non_negative_float, default=0.01, help="FedProx mu")
     parser.add_argument(
         "--server-optimizer",
         choices=sorted(OPTIMIZERS),
         help="server optimizer of --strategy fedopt",
     )
     parser.add_argument(
-        "--server-lr", type=_positive_float, help="server learning rate (None: the strategy's)"
+        "--server-lr", type=positive_float, help="server learning rate (None: the strategy's)"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the partition, model, sampling and training"
     )
     parser.add_argument(
-        "--workers", type=_positive_int, default=1, help="torch.distributed (gloo) processes"
+        "--workers", type=positive_int, default=1, help="torch.distributed (gloo) processes"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/federated"), help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

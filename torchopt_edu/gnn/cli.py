@@ -23,6 +23,7 @@ import torch
 from torch.optim import Optimizer
 from torch_geometric.data import Data
 
+from torchopt_edu._argtypes import non_negative_float, positive_float, positive_int
 from torchopt_edu.gnn.data import (
     infer_task,
     karate_club,
@@ -97,18 +98,6 @@ def _optimizer_name(text: str) -> str:
     return text
 
 
-def _number(kind: type, minimum: float, inclusive: bool = True) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value < minimum or (value == minimum and not inclusive):
-            bound = ">=" if inclusive else ">"
-            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}, got {text}")
-        return value
-    return parse
-
 
 def _device(text: str) -> torch.device:
     try:
@@ -129,14 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="NAME",
                         help=f"ours {sorted(OPTIMIZERS)} or torch.<name> (torch.adam, ...); "
                              "default: all of ours")
-    parser.add_argument("--lr", type=_number(float, 0.0, inclusive=False), default=None,
+    parser.add_argument("--lr", type=positive_float, default=None,
                         help=f"learning rate for every optimizer; default per optimizer {DEMO_LR}")
-    parser.add_argument("--epochs", type=_number(int, 1), default=200)
-    parser.add_argument("--patience", type=_number(int, 1), default=50,
+    parser.add_argument("--epochs", type=positive_int, default=200)
+    parser.add_argument("--patience", type=positive_int, default=50,
                         help="stop after this many epochs without improvement (default 50)")
-    parser.add_argument("--hidden", type=_number(int, 1), nargs="+", default=None,
+    parser.add_argument("--hidden", type=positive_int, nargs="+", default=None,
                         help="hidden layer widths (default: per dataset)")
-    parser.add_argument("--dropout", type=_number(float, 0.0), default=None,
+    parser.add_argument("--dropout", type=non_negative_float, default=None,
                         help="dropout probability (default: per dataset)")
     parser.add_argument("--device", type=_device, default="auto",
                         help="auto (CUDA if available), cpu, cuda or cuda:N")

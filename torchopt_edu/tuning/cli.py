@@ -19,6 +19,7 @@ from pathlib import Path
 
 import optuna
 
+from torchopt_edu._argtypes import positive_int
 from torchopt_edu.tuning.config import CONSTANT_SCHEDULE, SCHEDULES, OptimizerConfig
 from torchopt_edu.tuning.space import SearchSpace
 from torchopt_edu.tuning.study import PRUNERS, TuneResult, tune
@@ -37,16 +38,6 @@ TASKS = {
     "quadratic": "the seed's (w + 2)^2 from w = 0; objective: loss after --epochs steps",
 }
 DEFAULT_EPOCHS = {"digits": 10, "quadratic": 5}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _names(text: str) -> list[str]:
@@ -79,11 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated: {', '.join([CONSTANT_SCHEDULE, *SCHEDULES])}; default: constant",
     )
     parser.add_argument(
-        "--n-trials", type=_positive_int, default=30, help="the study's trial budget (default 30)"
+        "--n-trials", type=positive_int, default=30, help="the study's trial budget (default 30)"
     )
     parser.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="epochs per trial (gradient steps for quadratic); default: digits 10, quadratic 5",
     )
