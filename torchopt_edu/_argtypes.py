@@ -7,6 +7,7 @@ Each raises ``argparse.ArgumentTypeError``, which argparse turns into ``error: a
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def _parse(kind: type[int] | type[float], text: str) -> int | float:
@@ -26,18 +27,18 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """A number > 0."""
+    """A finite number > 0."""
     value = float(_parse(float, text))
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    """A number >= 0."""
+    """A finite number >= 0."""
     value = float(_parse(float, text))
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 

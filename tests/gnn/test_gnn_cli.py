@@ -46,10 +46,14 @@ def test_regression_dataset_one_learning_rate_and_dispatch(tmp_path: Path,
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--lr", "-1"], "argument --lr: must be a number > 0, got -1"),
+        (["--lr", "-1"], "argument --lr: must be a finite number > 0, got -1"),
         (["--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
         (["--optimizer", "adamm"], "argument --optimizer: unknown optimizer 'adamm'"),
         (["--optimizer", "torch.nope"], "argument --optimizer: unknown optimizer 'torch.nope'"),
+        (["--optimizer", "torch.sparseadam"],
+         "argument --optimizer: unknown optimizer 'torch.sparseadam'"),
+        (["--optimizer", "torch.muon"], "argument --optimizer: unknown optimizer 'torch.muon'"),
+        (["--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
         (["--dataset", "cora"], "argument --dataset: invalid choice: 'cora'"),
         (["--dropout", "1.5"], "argument --dropout: must be < 1, got 1.5"),
         (["--device", "tpu"], "argument --device: device must be 'auto', 'cpu', 'cuda'"),
@@ -84,3 +88,18 @@ def test_benchmark_main_quick(capsys: pytest.CaptureFixture) -> None:
         bench.main(["--repeats", "0"])
     assert exit_info.value.code == 2
     assert "argument --repeats: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_bad_out_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture
+                                            ) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out, message in [(blocker, "exists and is not a directory"),
+                         (blocker / "sub", "is not a directory")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--dataset", "karate", "--optimizer", "adam", "--epochs", "1", "--quiet",
+                  "--no-plot", "--out", str(out)])
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert "argument --out:" in captured.err and message in captured.err
+        assert captured.out == ""  # nothing trained or printed

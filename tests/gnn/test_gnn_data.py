@@ -155,3 +155,20 @@ def test_to_device_moves_model_and_graph_to_cuda() -> None:
     assert data.x.is_cuda and data.edge_index.is_cuda and data.train_mask.is_cuda
     assert all(p.is_cuda for p in model.parameters())
     assert model(data.x, data.edge_index).is_cuda
+
+
+def test_held_out_masks_without_train_mask_are_refused() -> None:
+    # Without a train_mask the loop would train on every node, val and test labels included.
+    data = karate_club()
+    del data.train_mask
+    model = GCN(34, [8], 4)
+    optimizer = Adam(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="val_mask and test_mask but no train_mask"):
+        train_node_model(model, data, optimizer, epochs=2, progress=False)
+    assert optimizer.state == {}
+    graph = _graph(val_mask=torch.ones(10, dtype=torch.bool))
+    del graph.train_mask
+    with pytest.raises(ValueError, match="val_mask but no train_mask"):
+        validate_graph(graph)
+    del graph.val_mask
+    validate_graph(graph, task="classification")  # no masks at all: train on every node

@@ -1,6 +1,7 @@
 """Known answers for the pure aggregation functions: PCGrad, MGDA's min-norm solver, CAGrad."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -94,6 +95,42 @@ def test_min_norm_weights_satisfy_optimality_conditions(seed):
     assert torch.allclose(
         slopes[weights > 1e-4], value.expand(int((weights > 1e-4).sum())), atol=1e-5
     )
+
+
+def collinear_case():
+    """Seed 18 of the reviewer's sweep: T=7 gradients in D=5 with g_1 = 2 g_0 (rank 5 Gram)."""
+    generator = torch.Generator().manual_seed(18)
+    num_tasks = int(torch.randint(3, 9, (1,), generator=generator))
+    dim = int(torch.randint(2, 12, (1,), generator=generator))
+    grads = torch.randn(num_tasks, dim, dtype=torch.float64, generator=generator)
+    grads[1] = 2 * grads[0]
+    assert (num_tasks, dim) == (7, 5)
+    return grads
+
+
+def test_min_norm_weights_reach_the_minimum_on_collinear_gradients():
+    grads = collinear_case()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged: no warning
+        weights = min_norm_weights(grads)
+    direction = weights @ grads
+    value = float(direction @ direction)
+    # d is the min-norm point of the hull iff <g_i, d> >= ||d||^2 for every i (solver-free).
+    assert float((grads @ direction).min()) >= value * (1 - 1e-9)
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    gram = (grads @ grads.T).numpy()
+    reference = scipy_optimize.minimize(
+        lambda w: w @ gram @ w, [1 / 7] * 7, jac=lambda w: 2 * gram @ w, method="SLSQP",
+        bounds=[(0, 1)] * 7, constraints={"type": "eq", "fun": lambda w: w.sum() - 1},
+        options={"ftol": 1e-15, "maxiter": 1000},
+    )
+    assert value <= reference.fun * (1 + 1e-6)
+
+
+def test_min_norm_weights_warn_when_max_iter_runs_out():
+    with pytest.warns(RuntimeWarning, match="did not converge \\(max_iter=1\\)"):
+        weights = min_norm_weights(collinear_case(), max_iter=1)
+    assert weights.min() >= 0 and math.isclose(float(weights.sum()), 1.0)
 
 
 def test_mgda_direction_does_not_increase_any_task():

@@ -201,3 +201,82 @@ def test_bad_configuration_and_aggregates_raise():
     with pytest.raises(ValueError, match=r"aggregate must return a tensor of shape \(1040,\)"):
         wrong.step(losses_of(model, inputs, targets))
     assert_unchanged(model, optimizer, before)
+
+
+def snapshot(model, optimizer):
+    params = [p.detach().clone() for p in model.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    state = copy.deepcopy(optimizer.state_dict())
+    return params, grads, state
+
+
+def assert_same_snapshot(model, optimizer, snap):
+    params, grads, state = snap
+    for p, old, old_grad in zip(model.parameters(), params, grads, strict=True):
+        assert torch.equal(p, old)
+        assert (p.grad is None) == (old_grad is None)
+        if old_grad is not None:
+            assert torch.equal(p.grad, old_grad)
+    new_state = optimizer.state_dict()["state"]
+    assert new_state.keys() == state["state"].keys()
+    for key, entry in state["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(torch.as_tensor(new_state[key][name]), torch.as_tensor(value))
+
+
+def stepped_wrapper(wrt="parameters"):
+    """A wrapper around Adam that has already stepped once (state and .grad exist)."""
+    model, inputs, targets = setup()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    wrapper = MultiTaskOptimizer(optimizer, model.shared_parameters(), mgda, wrt=wrt)
+    if wrt == "representation":
+        z = model.trunk(inputs)
+        wrapper.step(model.losses(model.head_outputs(z), targets), representation=z)
+    else:
+        wrapper.step(losses_of(model, inputs, targets))
+    return model, inputs, targets, optimizer, wrapper
+
+
+@pytest.mark.parametrize("wrt", ["parameters", "representation"])
+def test_non_finite_head_gradient_raises_naming_the_task_and_changes_nothing(wrt):
+    model, inputs, targets, optimizer, wrapper = stepped_wrapper(wrt)
+    with torch.no_grad():
+        model.heads["ink"].bias.zero_()
+    snap = snapshot(model, optimizer)
+    z = model.trunk(inputs)
+    outputs = model.head_outputs(z)
+    # Finite loss, but d/d bias of sqrt(|bias|) at 0 is inf: only the head's gradient is bad.
+    ink = outputs["ink"].pow(2).mean() + (model.heads["ink"].bias.abs().sqrt() * z).mean()
+    losses = {"digit": model.losses(outputs, targets)["digit"], "ink": ink}
+    kwargs = {"representation": z} if wrt == "representation" else {}
+    with pytest.raises(ValueError, match="gradient of task 'ink' is not finite"):
+        wrapper.step(losses, **kwargs)
+    assert_same_snapshot(model, optimizer, snap)
+
+
+def test_representation_mode_checks_the_pass_through_the_trunk():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(3, 4))
+    bias = torch.nn.Parameter(torch.zeros(4))
+    heads = [torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)]
+    params = [weight, bias, *heads[0].parameters(), *heads[1].parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    wrapper = MultiTaskOptimizer(optimizer, [weight, bias], mgda, wrt="representation")
+    inputs = torch.randn(5, 3)
+    z = inputs @ weight + bias.sqrt()  # finite z and grad_z L_i, but dz/dbias = inf at 0
+    losses = [head(z).pow(2).mean() for head in heads]
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="not finite after the pass through the shared"):
+        wrapper.step(losses, representation=z)
+    for p, old in zip(params, before, strict=True):
+        assert torch.equal(p, old) and p.grad is None
+    assert not optimizer.state
+
+
+def test_representation_detached_from_the_trunk_raises_and_changes_nothing():
+    model, inputs, targets, optimizer, wrapper = stepped_wrapper("representation")
+    snap = snapshot(model, optimizer)
+    z = model.trunk(inputs).detach().requires_grad_()
+    with pytest.raises(ValueError, match="does not depend on the shared parameters"):
+        wrapper.step(model.losses(model.head_outputs(z), targets), representation=z)
+    assert_same_snapshot(model, optimizer, snap)

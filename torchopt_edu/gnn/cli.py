@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -64,9 +65,14 @@ DEMO_LR: dict[str, float] = {
     "adam": 0.01, "adamw": 0.01, "yogi": 0.03,
 }
 
+# torch.optim classes that step dense parameters of any shape, as a GCN has (weights and
+# biases). Left out on purpose: SparseAdam (sparse gradients only) and Muon (2-D only).
+TORCH_OPTIMIZER_NAMES = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "asgd",
+                         "lbfgs", "nadam", "radam", "rmsprop", "rprop", "sgd")
 TORCH_OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.__name__.lower(): cls for cls in vars(torch.optim).values()
-    if isinstance(cls, type) and issubclass(cls, Optimizer) and cls is not Optimizer
+    if isinstance(cls, type) and issubclass(cls, Optimizer)
+    and cls.__name__.lower() in TORCH_OPTIMIZER_NAMES
 }
 
 
@@ -97,6 +103,22 @@ def _optimizer_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why ``out`` cannot become the output directory, or None if it can."""
+    if out.exists():
+        if not out.is_dir():
+            return f"{out} exists and is not a directory"
+        return None if os.access(out, os.W_OK | os.X_OK) else f"{out} is not writable"
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot create {out}: {ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot create {out}: {ancestor} is not writable"
+    return None
 
 
 def _device(text: str) -> torch.device:
@@ -143,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dropout is not None and args.dropout >= 1:
         parser.error(f"argument --dropout: must be < 1, got {args.dropout}")
+    out_problem = _out_problem(args.out)  # before training, not after minutes of it
+    if out_problem is not None:
+        parser.error(f"argument --out: {out_problem}")
     dataset = DATASETS[args.dataset]
     data = dataset.make(args.seed)
     hidden = args.hidden or list(dataset.hidden)

@@ -186,7 +186,9 @@ def validate_graph(data: Data, task: str | None = None) -> None:
     shape ``[2, E]`` with every index in ``[0, N)``; ``edge_weight`` (if present) is a
     finite float ``[E]``; ``y`` has N rows (int64 ``[N]`` with labels >= 0 for
     classification, finite float ``[N]`` or ``[N, C]`` for regression); each mask present
-    is bool ``[N]``, and ``train_mask`` selects at least one node.
+    is bool ``[N]``, and ``train_mask`` selects at least one node; a graph with ``val_mask`` or
+    ``test_mask`` but no ``train_mask`` is refused (training on all nodes would leak their
+    labels).
 
     Args:
         data: the graph.
@@ -234,6 +236,11 @@ def validate_graph(data: Data, task: str | None = None) -> None:
     train_mask = getattr(data, "train_mask", None)
     if train_mask is not None and not train_mask.any():
         raise ValueError("data.train_mask selects no node; it needs at least one")
+    held_out = [name for name in MASKS[1:] if getattr(data, name, None) is not None]
+    if train_mask is None and held_out:
+        # Without a train_mask the loop trains on every node, the held-out ones included.
+        raise ValueError(f"data has {' and '.join(held_out)} but no train_mask, so training "
+                         "would use the held-out nodes' labels; add a train_mask")
 
     if task is None:
         return

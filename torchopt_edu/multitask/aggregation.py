@@ -14,6 +14,7 @@ matrix ``M = G G^T`` in float64, so their cost does not grow with the number of 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -141,8 +142,11 @@ def min_norm_weights(grads: Tensor, *, max_iter: int = 1000, tol: float = 1e-12)
     Solves ``min_{w >= 0, sum w = 1} ||sum_i w_i g_i||^2`` (Desideri 2012; Sener and Koltun,
     2018, arXiv:1810.04650). For two tasks the answer is closed form,
     ``w_1 = clip(<g_2 - g_1, g_2> / ||g_1 - g_2||^2, 0, 1)``, ``w_2 = 1 - w_1``; for more,
-    Frank-Wolfe with the same exact line search, stopped when the objective is within
-    ``tol * max_i ||g_i||^2`` of its minimum. Returns float64 weights ``[T]``.
+    Wolfe's min-norm-point algorithm (Wolfe, 1976), which is exact after finitely many steps
+    even when the gradients are collinear or duplicated (a rank-deficient Gram matrix, where
+    Frank-Wolfe crawls). It stops when the Frank-Wolfe gap, an upper bound on the objective's
+    distance to its minimum, is at most ``tol * max_i ||g_i||^2``, and warns
+    (``RuntimeWarning``) if ``max_iter`` runs out first. Returns float64 weights ``[T]``.
     """
     _check_grads(grads)
     gram = _gram(grads)
@@ -152,14 +156,76 @@ def min_norm_weights(grads: Tensor, *, max_iter: int = 1000, tol: float = 1e-12)
     if num_tasks == 2:
         start, end = torch.eye(2, dtype=torch.float64)
         return start + _min_norm_step(gram, start, end - start, 1.0) * (end - start)
-    return _frank_wolfe(
-        lambda weights: 2.0 * gram @ weights,
-        lambda weights, direction, max_step: _min_norm_step(gram, weights, direction, max_step),
-        num_tasks,
-        float(gram.diagonal().max()),
-        max_iter=max_iter,
-        tol=tol,
-    )
+    return _wolfe_min_norm(gram, max_iter=max_iter, tol=tol)
+
+
+def _affine_min_norm(gram: Tensor, support: list[int]) -> Tensor:
+    """``argmin_{sum v = 1} v^T M_SS v`` on the support S: the KKT system, solved least-squares."""
+    size = len(support)
+    kkt = torch.zeros(size + 1, size + 1, dtype=torch.float64)
+    kkt[:size, :size] = gram[support][:, support]
+    kkt[:size, size] = kkt[size, :size] = 1.0
+    rhs = torch.zeros(size + 1, 1, dtype=torch.float64)
+    rhs[size] = 1.0
+    solution = torch.linalg.lstsq(kkt, rhs, driver="gelsd").solution[:size, 0]
+    return solution / solution.sum()
+
+
+def _wolfe_min_norm(gram: Tensor, *, max_iter: int, tol: float) -> Tensor:
+    """Wolfe's min-norm point in the convex hull of the rows of ``G``, using ``M = G G^T`` only.
+
+    Major step: with ``x = G^T w``, add the vertex ``j = argmin_i <g_i, x>`` unless the gap
+    ``2 (<x, x> - <g_j, x>)`` is already small. Minor steps: move ``w`` toward the min-norm
+    point ``v`` of the support's affine hull; if ``v`` leaves the simplex, stop at its boundary
+    and drop the vertices whose weight reached 0, then try again.
+    """
+    num_tasks = gram.shape[0]
+    scale = float(gram.diagonal().max())
+    if scale == 0.0:  # every gradient is zero: every weighting gives d = 0
+        return torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
+    # Unit scale, so the KKT solve's rank cut-off does not depend on the gradients' magnitude.
+    gram = gram / scale
+    first = int(gram.diagonal().argmin())
+    weights = torch.zeros(num_tasks, dtype=torch.float64)
+    weights[first] = 1.0
+    support = [first]
+    converged = False
+    for _ in range(max_iter):
+        slope = gram @ weights  # <g_i, x>
+        toward = int(slope.argmin())
+        gap = 2.0 * float(weights @ slope - slope[toward])
+        if gap <= tol or toward in support:
+            # The best vertex already in use: no progress is possible; rounding-level gap is ok.
+            converged = gap <= max(tol, 1e-12)
+            break
+        support.append(toward)
+        for _minor in range(num_tasks + 1):
+            affine = _affine_min_norm(gram, support)
+            current = weights[support]
+            if bool((affine > 0).all()):
+                weights = torch.zeros_like(weights)
+                weights[support] = affine
+                break
+            # Walk toward v until the first weight hits 0, and drop that vertex (always, even
+            # when rounding leaves it a hair above 0, or the walk would stall there).
+            ratios = torch.where(affine <= 0, current / (current - affine), math.inf)
+            first_out = int(ratios.argmin())
+            mixed = (current + float(ratios[first_out]) * (affine - current)).clamp_(min=0)
+            mixed[first_out] = 0.0
+            weights = torch.zeros_like(weights)
+            weights[support] = mixed
+            support = [i for i in support if float(weights[i]) > 0.0]
+            weights /= weights.sum()
+    if not converged:
+        slope = gram @ weights
+        gap = 2.0 * float(weights @ slope - slope.min())
+        warnings.warn(
+            f"min_norm_weights did not converge (max_iter={max_iter}): relative Frank-Wolfe "
+            f"gap {gap:.3g} > tol = {tol:.3g}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return weights / weights.sum()
 
 
 def mgda(grads: Tensor) -> Tensor:

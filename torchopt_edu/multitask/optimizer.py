@@ -24,11 +24,13 @@ def _per_task_gradients(
     others: Sequence[Tensor],
     *,
     keep_graph: bool,
+    check_finite: bool = False,
 ) -> tuple[Tensor, list[Tensor | None]]:
     """One backward per task: ``G[i] = grad_targets L_i`` flattened, and ``sum_i grad_others L_i``.
 
     The graph is kept between tasks and freed after the last one unless ``keep_graph``.
-    Raises ``ValueError`` when a task's loss does not reach any target.
+    Raises ``ValueError`` when a task's loss does not reach any target, and, with
+    ``check_finite``, when any of its gradients (targets or others) is not finite.
     """
     rows: list[Tensor] = []
     other_sums: list[Tensor | None] = [None] * len(others)
@@ -45,6 +47,10 @@ def _per_task_gradients(
                 f"loss of task {label} does not depend on the shared tensors, so it has no "
                 "gradient to aggregate"
             )
+        if check_finite and not all(
+            bool(torch.isfinite(grad).all()) for grad in grads if grad is not None
+        ):
+            raise ValueError(f"gradient of task {label} is not finite")
         rows.append(
             torch.cat(
                 [
@@ -92,8 +98,10 @@ class MultiTaskOptimizer:
     min-norm weights on ``grad_z L_i`` minimise an upper bound of the parameter-space problem.
 
     Bad input raises before anything changes: losses that are not scalars, not finite, do not
-    require grad or do not reach the shared tensors; non-finite gradients; an aggregate of the
-    wrong shape. Use ``wrapper.optimizer`` for ``state_dict``, schedulers and the like.
+    require grad or do not reach the shared tensors; non-finite gradients (shared, heads, or the
+    final pass through the trunk); a representation that does not depend on the shared
+    parameters; an aggregate of the wrong shape. Use ``wrapper.optimizer`` for ``state_dict``,
+    schedulers and the like.
     """
 
     def __init__(
@@ -161,12 +169,13 @@ class MultiTaskOptimizer:
             targets = self.shared_parameters
         task_parameters = self.task_parameters()
         grads, task_grads = _per_task_gradients(
-            values, labels, targets, task_parameters, keep_graph=self.wrt == "representation"
+            values,
+            labels,
+            targets,
+            task_parameters,
+            keep_graph=self.wrt == "representation",
+            check_finite=True,
         )
-        finite = torch.isfinite(grads).all(dim=1)
-        if not bool(finite.all()):
-            label = labels[int((~finite).nonzero()[0])]
-            raise ValueError(f"gradient of task {label} is not finite")
         direction = self.aggregate(grads)
         if not (isinstance(direction, Tensor) and direction.shape == grads.shape[1:]):
             raise ValueError(
@@ -182,6 +191,16 @@ class MultiTaskOptimizer:
                 grad_outputs=direction.view_as(representation),
                 allow_unused=True,
             )
+            if all(grad is None for grad in shared_grads):
+                raise ValueError(
+                    "the representation does not depend on the shared parameters (was it "
+                    "detached?), so the aggregated gradient cannot reach them"
+                )
+            if not all(bool(torch.isfinite(g).all()) for g in shared_grads if g is not None):
+                raise ValueError(
+                    "the aggregated gradient is not finite after the pass through the shared "
+                    "parameters (grad of the representation w.r.t. them overflowed)"
+                )
         else:
             chunks = direction.split([p.numel() for p in self.shared_parameters])
             shared_grads = [
