@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.optim.lr_scheduler as torch_sched
@@ -315,6 +316,74 @@ def test_resume_from_a_checkpoint_continues_identically(optimizer_name, schedule
     assert first_part.momentums + second_part.momentums == uninterrupted.momentums
     for mine, theirs in zip(second_part.params, uninterrupted.params, strict=True):
         assert torch.equal(mine, theirs)
+
+
+NUMPY_ARGUMENTS = {
+    "StepDecay": lambda opt: StepDecay(opt, np.int64(7), np.float64(0.5)),
+    "ExponentialDecay": lambda opt: ExponentialDecay(opt, np.float64(0.97)),
+    "ExponentialDecay.continuous": lambda opt: ExponentialDecay.continuous(opt, np.float64(0.03)),
+    "CyclicLR": lambda opt: CyclicLR(
+        opt,
+        np.float64(0.01),
+        [np.float64(0.5), np.float64(0.1)],
+        np.int64(9),
+        np.int64(13),
+        mode="exp_range",
+        gamma=np.float64(0.99),
+        cycle_momentum=True,
+        base_momentum=np.float64(0.8),
+        max_momentum=np.float64(0.9),
+    ),
+    "ReduceLROnPlateau": lambda opt: ReduceLROnPlateau(
+        opt,
+        factor=np.float64(0.5),
+        patience=np.int64(2),
+        threshold=np.float64(1e-3),
+        cooldown=np.int64(1),
+        min_lr=np.float64(1e-4),
+        eps=np.float64(1e-9),
+    ),
+    "WarmupCosine": lambda opt: WarmupCosine(
+        opt, np.int64(10), np.int64(90), np.float64(1e-3), np.float64(0.1)
+    ),
+    "OneCycleLR": lambda opt: OneCycleLR(
+        opt,
+        np.float64(0.5),
+        epochs=np.int64(10),
+        steps_per_epoch=np.int64(10),
+        pct_start=np.float64(0.3),
+        base_momentum=np.float64(0.8),
+        max_momentum=np.float64(0.9),
+        div_factor=np.float64(10.0),
+        final_div_factor=np.float64(100.0),
+    ),
+}
+
+
+def _plain_numbers(value):
+    """Whether ``value`` holds only plain Python numbers, strings and containers of them."""
+    if isinstance(value, dict):
+        return all(_plain_numbers(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_plain_numbers(item) for item in value)
+    return value is None or type(value) in (bool, int, float, str)
+
+
+@pytest.mark.parametrize("schedule", NUMPY_ARGUMENTS)
+def test_numpy_arguments_give_plain_numbers_and_a_weights_only_checkpoint(schedule):
+    build, metrics = NUMPY_ARGUMENTS[schedule], metric_sequence(20)
+    optimizer = make_optimizer("ours.SGD")
+    scheduler = build(optimizer)
+    train(optimizer, scheduler, 20, metrics)
+    state = scheduler.state_dict()
+    assert _plain_numbers(state), state
+    for group in optimizer.param_groups:
+        assert type(group["lr"]) is float and type(group["initial_lr"]) is float
+        assert type(group["momentum"]) is float
+    loaded = checkpoint_round_trip({"scheduler": state, "optimizer": optimizer.state_dict()})
+    resumed = build(make_optimizer("ours.SGD"))
+    resumed.load_state_dict(loaded["scheduler"])
+    assert resumed.state_dict() == state
 
 
 # --------------------------------------------------------------------------- composition

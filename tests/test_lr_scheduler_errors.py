@@ -51,6 +51,12 @@ INVALID = [
         "k must lie in.*-0.1",
     ),
     (
+        "exp k so large that gamma underflows",
+        lambda o: ExponentialDecay.continuous(o, k=1000.0),
+        ValueError,
+        r"k must be small enough that exp\(-k\) > 0.*1000.0",
+    ),
+    (
         "cyclic max below base",
         lambda o: CyclicLR(o, 0.1, 0.05),
         ValueError,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 import torch.optim.lr_scheduler as torch_sched
 from test_lr_scheduler_cases import (
     OPTIMIZERS,
@@ -170,3 +171,60 @@ def test_warmup_cosine_equals_linear_then_cosine_annealing(optimizer_name, warmu
     )
     # torch's cosine is a recursion whose rounding errors add up over the steps
     assert_same_trace(*traces, rtol=1e-10)
+
+
+@pytest.mark.parametrize("optimizer_name", OPTIMIZERS)
+def test_cyclic_lr_with_base_lr_after_another_schedule_equals_torch(optimizer_name):
+    # CyclicLR's base_lr is the bottom of its cycle, not the group's initial_lr: the warm-up
+    # before it must still run from the optimizer's own learning rates.
+    def schedule(cyclic_class, **extra):
+        def build(opt):
+            warmup = torch_sched.LinearLR(opt, 0.1, total_iters=10)
+            cyclic = cyclic_class(opt, [0.01, 0.002], [0.3, 0.06], step_size_up=7, **extra)
+            return torch_sched.SequentialLR(opt, [warmup, cyclic], milestones=[10])
+
+        return build
+
+    ours_trace, torch_trace = run_both(
+        optimizer_name,
+        schedule(CyclicLR),
+        schedule(torch_sched.CyclicLR, cycle_momentum=False),
+        steps=60,
+    )
+    assert_same_trace(ours_trace, torch_trace, rtol=RTOL)
+    assert ours_trace.lrs[0] == pytest.approx([0.1 * 0.1, 0.02 * 0.1], rel=RTOL)
+    assert ours_trace.lrs[10] == pytest.approx([0.01, 0.002], rel=RTOL)
+
+
+def test_cyclic_lr_with_base_lr_inside_sequential_lr_gives_torchs_rates():
+    lrs = {}
+    for name, cyclic_class, extra in [
+        ("ours", CyclicLR, {}),
+        ("torch", torch_sched.CyclicLR, {"cycle_momentum": False}),
+    ]:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        scheduler = torch_sched.SequentialLR(
+            optimizer,
+            [
+                torch_sched.LinearLR(optimizer, 0.1, total_iters=4),
+                cyclic_class(optimizer, 0.001, 0.01, step_size_up=2, **extra),
+            ],
+            milestones=[4],
+        )
+        lrs[name] = []
+        for _ in range(9):
+            lrs[name].append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    expected = [0.01, 0.0325, 0.055, 0.0775, 0.001, 0.0055, 0.01, 0.0055, 0.001]
+    assert lrs["ours"] == pytest.approx(expected, rel=1e-12)
+    assert lrs["ours"] == pytest.approx(lrs["torch"], rel=1e-12)
+
+
+def test_lone_cyclic_lr_records_base_lr_as_initial_lr_like_torch():
+    ours_opt, torch_opt = make_optimizer("ours.SGD"), make_optimizer("torch.SGD")
+    CyclicLR(ours_opt, [0.01, 0.002], 0.5, step_size_up=3)
+    torch_sched.CyclicLR(torch_opt, [0.01, 0.002], 0.5, step_size_up=3, cycle_momentum=False)
+    for ours_group, torch_group in zip(ours_opt.param_groups, torch_opt.param_groups, strict=True):
+        assert ours_group["initial_lr"] == torch_group["initial_lr"]
+        assert ours_group["lr"] == torch_group["lr"]

@@ -20,10 +20,12 @@ Conventions, the same as ``torch.optim.lr_scheduler``:
   once per batch for the per-step ones.
 * ``base`` is each param group's ``initial_lr``: its ``lr`` when the first scheduler was built.
 * Learning rates, floors and momentums may be one value or a list with one per param group.
-* ``StepDecay``, ``ExponentialDecay`` and ``ReduceLROnPlateau`` are *chainable*: a step multiplies
-  the group's current learning rate, so ``torch.optim.lr_scheduler.ChainedScheduler`` composes
-  them with others. ``CyclicLR``, ``WarmupCosine`` and ``OneCycleLR`` set the learning rate to
-  their formula (as torch's ``CyclicLR`` and ``OneCycleLR`` do); compose them in time with
+* ``StepDecay`` and ``ExponentialDecay`` are *chainable*: a step multiplies the group's current
+  learning rate, so ``torch.optim.lr_scheduler.ChainedScheduler`` composes them with each other
+  and with torch's chainable schedules. ``ReduceLROnPlateau`` also multiplies the current rate,
+  but its ``step(metric)`` needs a metric that ``ChainedScheduler.step()`` does not pass: step it
+  yourself beside the others. ``CyclicLR``, ``WarmupCosine`` and ``OneCycleLR`` set the learning
+  rate to their formula (as torch's ``CyclicLR`` and ``OneCycleLR`` do); compose them in time with
   ``SequentialLR``.
 * ``state_dict()`` / ``load_state_dict()`` hold plain numbers and strings, so a checkpoint loads
   with ``torch.load(..., weights_only=True)`` and the resumed run continues identically. Build the
@@ -66,12 +68,16 @@ def _check_optimizer(optimizer: object) -> None:
         )
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    """Raise TypeError unless ``value`` is an int, ValueError unless it is ``>= minimum``."""
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as a plain int: TypeError unless an integer, ValueError unless ``>= minimum``.
+
+    Plain, so that numpy integers never reach ``state_dict()`` (``weights_only`` loads refuse them).
+    """
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def _check_number(
@@ -82,8 +88,11 @@ def _check_number(
     *,
     open_low: bool = False,
     open_high: bool = False,
-) -> None:
-    """TypeError unless ``value`` is a real number, ValueError unless it lies in the interval."""
+) -> float:
+    """``value`` as a plain float; TypeError unless it is real, ValueError unless in the interval.
+
+    Plain, so that numpy floats never reach ``state_dict()`` or ``group["lr"]``.
+    """
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     above_low = value > low if open_low else value >= low
@@ -91,6 +100,7 @@ def _check_number(
     if not (above_low and below_high):  # also rejects nan
         interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
         raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+    return float(value)
 
 
 def _per_group(
@@ -114,9 +124,10 @@ def _per_group(
         values = list(value)
     else:
         names, values = [name] * n_groups, [value] * n_groups
-    for value_name, item in zip(names, values, strict=True):
+    return [
         _check_number(value_name, item, low, high, open_low=open_low, open_high=open_high)
-    return [float(item) for item in values]
+        for value_name, item in zip(names, values, strict=True)
+    ]
 
 
 def _current_lrs(optimizer: Optimizer) -> list[float | Tensor]:
@@ -211,10 +222,8 @@ class StepDecay(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         _check_optimizer(optimizer)
-        _check_int("step_size", step_size, minimum=1)
-        _check_number("gamma", gamma, 0.0, 1.0, open_low=True)
-        self.step_size = step_size
-        self.gamma = gamma
+        self.step_size = _check_int("step_size", step_size, minimum=1)
+        self.gamma = _check_number("gamma", gamma, 0.0, 1.0, open_low=True)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float | Tensor]:
@@ -255,15 +264,17 @@ class ExponentialDecay(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, gamma: float = 0.96, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
-        _check_number("gamma", gamma, 0.0, 1.0, open_low=True)
-        self.gamma = gamma
+        self.gamma = _check_number("gamma", gamma, 0.0, 1.0, open_low=True)
         super().__init__(optimizer, last_epoch)
 
     @classmethod
     def continuous(cls, optimizer: Optimizer, k: float, last_epoch: int = -1) -> ExponentialDecay:
         r"""The continuous form :math:`\eta_t = \eta_0 e^{-k t}` (:math:`k \ge 0`), gamma = e^-k."""
-        _check_number("k", k, 0.0, math.inf, open_high=True)
-        return cls(optimizer, gamma=math.exp(-k), last_epoch=last_epoch)
+        k = _check_number("k", k, 0.0, math.inf, open_high=True)
+        gamma = math.exp(-k)
+        if gamma == 0.0:  # e^-k underflows for k > ~745: the rate would drop to 0 at once
+            raise ValueError(f"k must be small enough that exp(-k) > 0 (k < ~745), got {k!r}")
+        return cls(optimizer, gamma=gamma, last_epoch=last_epoch)
 
     def get_lr(self) -> list[float | Tensor]:
         r""":math:`\eta_t = \gamma \eta_{t-1}` for :math:`t > 0`."""
@@ -336,21 +347,16 @@ class ReduceLROnPlateau(LRScheduler):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
-        _check_number("factor", factor, 0.0, 1.0, open_low=True, open_high=True)
-        _check_int("patience", patience, minimum=0)
-        _check_number("threshold", threshold, 0.0, math.inf, open_high=True)
-        _check_int("cooldown", cooldown, minimum=0)
-        _check_number("eps", eps, 0.0, math.inf, open_high=True)
+        self.factor = _check_number("factor", factor, 0.0, 1.0, open_low=True, open_high=True)
+        self.patience = _check_int("patience", patience, minimum=0)
+        self.threshold = _check_number("threshold", threshold, 0.0, math.inf, open_high=True)
+        self.cooldown = _check_int("cooldown", cooldown, minimum=0)
+        self.eps = _check_number("eps", eps, 0.0, math.inf, open_high=True)
         self.min_lrs = _per_group("min_lr", min_lr, optimizer, 0.0, math.inf, open_high=True)
         # One number is every group's floor, also for groups added later (as in torch).
         self.shared_min_lr = None if isinstance(min_lr, Sequence) else float(min_lr)
-        self.mode = mode
-        self.factor = factor
-        self.patience = patience
-        self.threshold = threshold
-        self.threshold_mode = threshold_mode
-        self.cooldown = cooldown
-        self.eps = eps
+        self.mode = str(mode)
+        self.threshold_mode = str(threshold_mode)
 
         # No super().__init__: its initial step() would need a metric. These are the attributes
         # LRScheduler's machinery and its users (get_last_lr, SequentialLR's reset) rely on.
@@ -503,28 +509,34 @@ class CyclicLR(_FormulaSchedule):
                 raise ValueError(
                     f"max_lr must be >= base_lr, got max_lr={high!r} below base_lr={low!r}"
                 )
-        _check_int("step_size_up", step_size_up, minimum=1)
+        step_size_up = _check_int("step_size_up", step_size_up, minimum=1)
         if step_size_down is None:
             step_size_down = step_size_up
-        _check_int("step_size_down", step_size_down, minimum=1)
+        step_size_down = _check_int("step_size_down", step_size_down, minimum=1)
         if mode not in ("triangular", "triangular2", "exp_range"):
             raise ValueError(
                 f"mode must be 'triangular', 'triangular2' or 'exp_range', got {mode!r}"
             )
-        _check_number("gamma", gamma, 0.0, 1.0, open_low=True)
+        self.gamma = _check_number("gamma", gamma, 0.0, 1.0, open_low=True)
         self.step_size_up = step_size_up
         self.step_size_down = step_size_down
-        self.mode = mode
-        self.gamma = gamma
-        self.cycle_momentum = cycle_momentum
+        self.mode = str(mode)
+        self.cycle_momentum = bool(cycle_momentum)
         if cycle_momentum:
             self.momentum_key = _momentum_key(optimizer)
             self.base_momentums, self.max_momentums = _check_momentum_range(
                 optimizer, base_momentum, max_momentum
             )
+        # The bottom of the cycle is its own, not the group's initial_lr: inside SequentialLR the
+        # earlier schedules still run from initial_lr. Like torch, start the group at base_lr, so
+        # that initial_lr (set only where missing) becomes base_lr for a lone CyclicLR.
+        self.bottom_lrs = base_lrs
         if base_lr is not None and last_epoch == -1:
             for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["initial_lr"] = lr
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
         super().__init__(optimizer, last_epoch)
 
     def _height_and_amplitude(self, t: int) -> tuple[float, float]:
@@ -554,7 +566,7 @@ class CyclicLR(_FormulaSchedule):
             _set_momentum(self.optimizer, self.momentum_key, momentums)
         return [
             base_lr + (max_lr - base_lr) * height * amplitude
-            for base_lr, max_lr in zip(self.base_lrs, self.max_lrs, strict=True)
+            for base_lr, max_lr in zip(self.bottom_lrs, self.max_lrs, strict=True)
         ]
 
 
@@ -605,8 +617,8 @@ class WarmupCosine(_FormulaSchedule):
         last_epoch: int = -1,
     ) -> None:
         _check_optimizer(optimizer)
-        _check_int("warmup_steps", warmup_steps, minimum=0)
-        _check_int("total_steps", total_steps, minimum=1)
+        warmup_steps = _check_int("warmup_steps", warmup_steps, minimum=0)
+        total_steps = _check_int("total_steps", total_steps, minimum=1)
         if warmup_steps >= total_steps:
             raise ValueError(
                 f"warmup_steps must be smaller than total_steps, got warmup_steps={warmup_steps} "
@@ -619,7 +631,7 @@ class WarmupCosine(_FormulaSchedule):
                     f"min_lr must not exceed the base learning rate, got min_lr={min_lr_value!r} "
                     f"above the base learning rate {float(base_lr)!r}"
                 )
-        _check_number("start_factor", start_factor, 0.0, 1.0)
+        start_factor = _check_number("start_factor", start_factor, 0.0, 1.0)
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.start_factor = start_factor
@@ -710,22 +722,24 @@ class OneCycleLR(_FormulaSchedule):
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("give total_steps, or both epochs and steps_per_epoch")
-            _check_int("epochs", epochs, minimum=1)
-            _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+            epochs = _check_int("epochs", epochs, minimum=1)
+            steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
             total_steps = epochs * steps_per_epoch
-        _check_int("total_steps", total_steps, minimum=1)
+        total_steps = _check_int("total_steps", total_steps, minimum=1)
         self.max_lrs = _per_group(
             "max_lr", max_lr, optimizer, 0.0, math.inf, open_low=True, open_high=True
         )
-        _check_number("pct_start", pct_start, 0.0, 0.5 if three_phase else 1.0)
+        pct_start = _check_number("pct_start", pct_start, 0.0, 0.5 if three_phase else 1.0)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
-        _check_number("div_factor", div_factor, 1.0, math.inf, open_high=True)
-        _check_number("final_div_factor", final_div_factor, 1.0, math.inf, open_high=True)
+        div_factor = _check_number("div_factor", div_factor, 1.0, math.inf, open_high=True)
+        final_div_factor = _check_number(
+            "final_div_factor", final_div_factor, 1.0, math.inf, open_high=True
+        )
         self.total_steps = total_steps
-        self.anneal_strategy = anneal_strategy
+        self.anneal_strategy = str(anneal_strategy)
         self.min_lrs = [max_lr / div_factor / final_div_factor for max_lr in self.max_lrs]
-        self.cycle_momentum = cycle_momentum
+        self.cycle_momentum = bool(cycle_momentum)
         if cycle_momentum:
             self.momentum_key = _momentum_key(optimizer)
             self.base_momentums, self.max_momentums = _check_momentum_range(

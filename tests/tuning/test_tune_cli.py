@@ -57,6 +57,8 @@ def test_digits_run_retrains_the_best_configuration(tmp_path, capsys, one_thread
         (["--optimizers", "adam,adamm"], r"unknown optimizer 'adamm'"),
         (["--schedules", "cosinus"], r"unknown schedule 'cosinus'"),
         (["--pruner", "medain"], r"argument --pruner: invalid choice: 'medain'"),
+        (["--seed", "-1"], r"argument --seed: must be an integer in \[0, 2147483647\], got -1"),
+        (["--storage", "nosuchdb://host/db"], r"argument --storage: cannot open 'nosuchdb://"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(tmp_path, capsys, args, message):
@@ -65,3 +67,35 @@ def test_bad_arguments_exit_2_naming_the_argument(tmp_path, capsys, args, messag
     assert exit_.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "study.db").exists()
+
+
+def test_out_under_a_file_exits_2_naming_out(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--task", "quadratic", "--out", str(tmp_path / "file" / "run")])
+    assert exit_.value.code == 2
+    assert "argument --out: cannot create the folder" in capsys.readouterr().err
+
+
+def test_another_search_space_in_the_same_study_exits_2_before_any_trial(tmp_path, capsys):
+    args = ["--task", "quadratic", "--out", str(tmp_path), "--no-plots", "--no-progress"]
+    assert main([*args, "--optimizers", "sgd", "--n-trials", "2"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--optimizers", "adam", "--n-trials", "4"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --study-name: study 'quadratic' in storage" in err
+    assert "another search space" in err
+    study = optuna.load_study(study_name="quadratic", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(study.trials) == 2
+
+
+def test_no_completed_trial_exits_1_with_a_one_line_error(tmp_path, capsys):
+    # L-BFGS needs a closure, which the quadratic task does not pass: every trial fails.
+    args = ["--task", "quadratic", "--optimizers", "torch.optim.LBFGS", "--n-trials", "2"]
+    assert main([*args, "--out", str(tmp_path), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: study 'quadratic' has no completed trial (2 trials;")
+    assert captured.err.count("error: study") == 1 and "Traceback" not in captured.err
+    assert not (tmp_path / "history.png").exists()

@@ -7,7 +7,17 @@ import pytest
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
-from torchopt_edu.tuning import LogUniform, SearchSpace, Uniform, quadratic_task, tune
+from torchopt_edu.tuning import (
+    MAX_SEED,
+    Categorical,
+    LogUniform,
+    NoCompletedTrialError,
+    SearchSpace,
+    Uniform,
+    quadratic_task,
+    tune,
+)
+from torchopt_edu.tuning.study import SEARCH_SPACE_ATTR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -175,6 +185,9 @@ def test_bad_arguments_raise_before_any_database_is_written(tmp_path):
         tune(train, SearchSpace(SGD_LR), direction="min", storage=storage)
     with pytest.raises(TypeError, match=r"space must be a SearchSpace or None, got \['sgd'\]"):
         tune(train, ["sgd"], storage=storage)
+    for seed in (-1, MAX_SEED + 1, True, 1.0):
+        with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, {MAX_SEED}\]"):
+            tune(train, SearchSpace(SGD_LR), seed=seed, storage=storage)
     assert not storage.exists()
 
 
@@ -190,3 +203,86 @@ def test_existing_study_with_the_other_direction_is_refused(tmp_path):
 def test_storage_must_be_a_path_url_or_optuna_storage():
     with pytest.raises(TypeError, match=r"storage must be a path, a database URL .* got 42"):
         tune(quadratic_task(), SearchSpace(SGD_LR), storage=42)
+
+
+def test_resuming_a_study_with_another_search_space_is_refused_before_any_trial(tmp_path):
+    storage = tmp_path / "study.db"
+    tune(quadratic_task(), SearchSpace(SGD_LR), n_trials=2, storage=storage)
+    other = SearchSpace({"adam": {"lr": LogUniform(1e-4, 1e-1)}})
+    with pytest.raises(ValueError) as error:
+        tune(quadratic_task(), other, n_trials=4, storage=storage)
+    message = str(error.value)
+    assert f"study 'torchopt-edu' in storage {str(storage)!r} was created with another" in message
+    assert "pass a new study_name, or the study's own search space" in message
+    study = optuna.load_study(study_name="torchopt-edu", storage=f"sqlite:///{storage}")
+    assert len(study.trials) == 2  # nothing ran, and the stored best was not returned
+    assert study.user_attrs[SEARCH_SPACE_ATTR] == SearchSpace(SGD_LR).fingerprint()
+    result = tune(quadratic_task(), other, n_trials=2, storage=storage, study_name="adam")
+    assert result.best.optimizer_name == "adam"
+
+
+def test_default_storage_and_study_name_do_not_hand_back_an_unrelated_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the defaults: tuning.db in the working folder, "torchopt-edu"
+    tune(lambda config, report: 1.0, SearchSpace(SGD_LR), n_trials=3)
+    with pytest.raises(ValueError, match=r"study 'torchopt-edu' in storage 'tuning.db'"):
+        tune(quadratic_task(), SearchSpace(["adam"]), n_trials=3)
+
+
+def test_a_study_not_created_by_tune_is_refused_unless_it_is_empty(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="empty", storage=url)
+    result = tune(quadratic_task(), SearchSpace(SGD_LR), n_trials=1, storage=url, study_name="x")
+    assert result.study.user_attrs[SEARCH_SPACE_ATTR] == SearchSpace(SGD_LR).fingerprint()
+    tune(quadratic_task(), SearchSpace(SGD_LR), n_trials=1, storage=url, study_name="empty")
+    foreign = optuna.create_study(study_name="foreign", storage=url)
+    foreign.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    with pytest.raises(ValueError, match=r"study 'foreign' in storage .* records no search space"):
+        tune(quadratic_task(), SearchSpace(SGD_LR), n_trials=2, storage=url, study_name="foreign")
+
+
+def test_widening_a_categorical_choice_is_refused_up_front(tmp_path):
+    storage = tmp_path / "study.db"
+    narrow = {"sgd": {"lr": 0.1, "nesterov": False, "momentum": Categorical((0.0, 0.5))}}
+    tune(quadratic_task(), SearchSpace(narrow), n_trials=2, storage=storage)
+    wide = {"sgd": {"lr": 0.1, "nesterov": False, "momentum": Categorical((0.0, 0.5, 0.9))}}
+    with pytest.raises(ValueError, match="another search space"):
+        tune(quadratic_task(), SearchSpace(wide), n_trials=4, storage=storage)
+    with pytest.raises(ValueError, match="another search space"):  # the order of choices too
+        tune(quadratic_task(), SearchSpace(["sgd", "adam"]), n_trials=1, storage=tmp_path / "o.db")
+        tune(quadratic_task(), SearchSpace(["adam", "sgd"]), n_trials=2, storage=tmp_path / "o.db")
+
+
+def test_a_failing_draw_is_recorded_in_the_trial(tmp_path):
+    # Optuna refuses to draw a categorical whose choices changed; get past the up-front check
+    # by recording the new space, as a study shared with an older version of a space could.
+    storage = tmp_path / "study.db"
+    narrow = SearchSpace({"sgd": {"lr": 0.1, "momentum": Categorical((0.0, 0.5))}})
+    tune(quadratic_task(), narrow, n_trials=2, storage=storage)
+    wide = SearchSpace({"sgd": {"lr": 0.1, "momentum": Categorical((0.0, 0.5, 0.9))}})
+    study = optuna.load_study(study_name="torchopt-edu", storage=f"sqlite:///{storage}")
+    study.set_user_attr(SEARCH_SPACE_ATTR, wide.fingerprint())
+    result = tune(quadratic_task(), wide, n_trials=3, storage=storage)
+    failed = result.study.trials[2]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["error"].startswith("ValueError: ")
+    assert "dynamic value space" in failed.user_attrs["error"]
+
+
+def test_no_completed_trial_error_is_a_runtime_error():
+    def train(config, report):
+        raise ValueError("no")
+
+    with pytest.raises(NoCompletedTrialError):
+        tune(train, SearchSpace(SGD_LR), n_trials=1, storage=InMemoryStorage())
+    assert issubclass(NoCompletedTrialError, RuntimeError)
+
+
+def test_default_warmup_cosine_space_fits_runs_of_any_length():
+    space = SearchSpace(["sgd"], ["warmup_cosine"])
+    for steps in (1, 2, 3):
+        result = tune(
+            quadratic_task(steps=steps), space, n_trials=6, storage=InMemoryStorage(), pruner="none"
+        )
+        assert all(t.state == TrialState.COMPLETE for t in result.study.trials), [
+            t.user_attrs.get("error") for t in result.study.trials
+        ]

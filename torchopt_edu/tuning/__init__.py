@@ -32,6 +32,8 @@ from torchopt_edu.tuning.space import (
     default_schedule_space,
 )
 from torchopt_edu.tuning.study import (
+    MAX_SEED,
+    NoCompletedTrialError,
     Report,
     TrainFn,
     TrialSeededTPESampler,
@@ -59,6 +61,8 @@ __all__ = [
     "DEFAULT_SCHEDULE_SPACES",
     "IntUniform",
     "LogUniform",
+    "MAX_SEED",
+    "NoCompletedTrialError",
     "OptimizerConfig",
     "Report",
     "SCHEDULES",

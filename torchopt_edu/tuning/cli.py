@@ -22,7 +22,14 @@ import optuna
 from torchopt_edu._argtypes import positive_int
 from torchopt_edu.tuning.config import CONSTANT_SCHEDULE, SCHEDULES, OptimizerConfig
 from torchopt_edu.tuning.space import SearchSpace
-from torchopt_edu.tuning.study import PRUNERS, TuneResult, tune
+from torchopt_edu.tuning.study import (
+    MAX_SEED,
+    PRUNERS,
+    NoCompletedTrialError,
+    TuneResult,
+    open_storage,
+    tune,
+)
 from torchopt_edu.tuning.tasks import (
     accuracy,
     digits_mlp,
@@ -42,6 +49,16 @@ DEFAULT_EPOCHS = {"digits": 10, "quadratic": 5}
 
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage", default=None, help="SQLite file or database URL; default: <out>/study.db"
     )
     parser.add_argument("--study-name", default=None, help="default: the task name")
-    parser.add_argument("--seed", type=int, default=0, help="sampler and training seed")
+    parser.add_argument("--seed", type=_seed, default=0, help="sampler and training seed")
     parser.add_argument("--out", type=Path, default=Path("runs/tune"), help="output folder")
     parser.add_argument("--no-plots", action="store_true", help="do not save the plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -121,7 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         space = SearchSpace(args.optimizers, args.schedules)
     except (ValueError, TypeError) as error:
         parser.error(f"--optimizers/--schedules: {error}")
+    if args.storage is None or not args.no_plots:  # --out is used: check it can be a folder
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"argument --out: cannot create the folder {str(args.out)!r}: {error}")
     storage = args.storage or str(args.out / "study.db")
+    try:
+        backend = open_storage(storage)
+    except Exception as error:  # a bad URL, a missing driver, an unreachable server
+        parser.error(
+            f"argument --storage: cannot open {storage!r}: {type(error).__name__}: {error}"
+        )
     if args.task == "digits":
         train_data, valid_data, test_data = load_digits_splits(args.seed)
         train = supervised_task(digits_mlp, train_data, valid_data, epochs=epochs, seed=args.seed)
@@ -135,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             train,
             space,
             n_trials=args.n_trials,
-            storage=storage,
+            storage=backend,
             study_name=args.study_name or args.task,
             pruner=args.pruner,
             seed=args.seed,
@@ -144,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: the study is saved in {storage}; run the same command to resume")
         return 130
+    except ValueError as error:  # the study exists with another search space or direction
+        parser.error(f"argument --study-name: {error}")
+    except NoCompletedTrialError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     finally:
         optuna.logging.set_verbosity(verbosity)
     print(_summary(result, storage))

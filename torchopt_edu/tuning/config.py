@@ -12,6 +12,7 @@ their full name (``"torch.optim.Adam"``).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +49,16 @@ class Schedule:
             learning rate and ``lr_factor`` a hyper-parameter of the schedule (default 1): the
             peak of one-cycle is the tuned learning rate, the top of a cycle a multiple of it.
         needs_metric: ``step(metric)`` takes the validation value (reduce-on-plateau).
+        fraction_arguments: hyper-parameter -> argument: a fraction ``f`` in ``[0, 1)`` of the
+            run that fills the argument as ``floor(f * total_steps)`` steps, so the searched
+            warm-up fits runs of any length (``{"warmup_fraction": "warmup_steps"}``).
     """
 
     scheduler: type[LRScheduler]
     total_steps_argument: str | None = None
     lr_argument: str | None = None
     needs_metric: bool = False
+    fraction_arguments: Mapping[str, str] = field(default_factory=dict)
 
 
 SCHEDULES: dict[str, Schedule] = {
@@ -64,7 +69,11 @@ SCHEDULES: dict[str, Schedule] = {
     # torchopt_edu.lr_scheduler
     "step_decay": Schedule(lr_scheduler.StepDecay),
     "exponential_decay": Schedule(lr_scheduler.ExponentialDecay),
-    "warmup_cosine": Schedule(lr_scheduler.WarmupCosine, total_steps_argument="total_steps"),
+    "warmup_cosine": Schedule(
+        lr_scheduler.WarmupCosine,
+        total_steps_argument="total_steps",
+        fraction_arguments={"warmup_fraction": "warmup_steps"},
+    ),
     "one_cycle": Schedule(
         lr_scheduler.OneCycleLR, total_steps_argument="total_steps", lr_argument="max_lr"
     ),
@@ -162,8 +171,15 @@ def check_schedule_arguments(name: str, arguments: Iterable[str]) -> None:
         arguments,
         owner=f"schedule {name!r}",
         reserved=(schedule.total_steps_argument, schedule.lr_argument),
-        extra=(LR_FACTOR,) if schedule.lr_argument is not None else (),
+        extra=((LR_FACTOR,) if schedule.lr_argument is not None else ())
+        + tuple(schedule.fraction_arguments),
     )
+    for fraction, argument in schedule.fraction_arguments.items():
+        if fraction in arguments and argument in arguments:
+            raise ValueError(
+                f"schedule {name!r}: give {fraction!r} or {argument!r}, not both "
+                f"({fraction!r} fills {argument!r} from the run's length)"
+            )
 
 
 def _from_json(value: Any) -> Any:
@@ -223,6 +239,16 @@ class OptimizerConfig:
         if schedule.lr_argument is not None:
             lr = float(optimizer.param_groups[0]["lr"])
             arguments[schedule.lr_argument] = arguments.pop(LR_FACTOR, 1.0) * lr
+        for fraction_name, argument in schedule.fraction_arguments.items():
+            if fraction_name in arguments:
+                fraction = arguments.pop(fraction_name)
+                if (
+                    isinstance(fraction, bool)
+                    or not isinstance(fraction, (int, float))
+                    or not (0 <= fraction < 1)
+                ):
+                    raise ValueError(f"{fraction_name} must lie in [0, 1), got {fraction!r}")
+                arguments[argument] = math.floor(fraction * total_steps)
         return schedule.scheduler(optimizer, **arguments)
 
     def to_dict(self) -> dict[str, Any]:

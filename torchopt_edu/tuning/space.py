@@ -14,6 +14,7 @@ naming the culprit.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -172,7 +173,8 @@ DEFAULT_SCHEDULE_SPACES: dict[str, dict[str, Spec]] = {
     "cosine": {},
     "step_decay": {"step_size": IntUniform(1, 10), "gamma": Uniform(0.5, 0.99)},
     "exponential_decay": {"gamma": Uniform(0.8, 0.999)},
-    "warmup_cosine": {"warmup_steps": IntUniform(0, 3)},
+    # A fraction of the run, not a step count: any warm-up count fails runs shorter than it.
+    "warmup_cosine": {"warmup_fraction": Uniform(0.0, 0.3)},
     # Cycling momentum needs one: keep it fixed so every optimizer can take these schedules.
     "one_cycle": {"pct_start": Uniform(0.1, 0.5), "cycle_momentum": False},
     "cyclic": {"base_lr": None, LR_FACTOR: LogUniform(2.0, 10.0), "step_size_up": IntUniform(1, 5)},
@@ -219,6 +221,19 @@ def _suggest(trial: optuna.Trial, name: str, spec: Spec) -> Any:
     if isinstance(spec, tuple):
         return tuple(_suggest(trial, f"{name}[{i}]", item) for i, item in enumerate(spec))
     return spec
+
+
+def _spec_to_json(spec: Spec) -> Any:
+    # Tagged, so that a constant never reads like a distribution and 1 never like 1.0 or True.
+    if isinstance(spec, (LogUniform, Uniform)):
+        return {type(spec).__name__: [spec.low, spec.high]}
+    if isinstance(spec, IntUniform):
+        return {"IntUniform": [spec.low, spec.high, spec.log]}
+    if isinstance(spec, Categorical):
+        return {"Categorical": [_spec_to_json(choice) for choice in spec.choices]}
+    if isinstance(spec, tuple):
+        return {"tuple": [_spec_to_json(item) for item in spec]}
+    return {"constant": [type(spec).__name__, spec]}
 
 
 def _as_mapping(
@@ -309,6 +324,23 @@ class SearchSpace:
         # A single option is not a parameter: it would only add a constant column to the study.
         names = list(options)
         return names[0] if len(names) == 1 else trial.suggest_categorical(what, names)
+
+    def fingerprint(self) -> str:
+        """The space as canonical JSON: equal for equal spaces, different if any spec differs.
+
+        :func:`~torchopt_edu.tuning.tune` stores it in the study (``user_attrs["search_space"]``)
+        and refuses to resume the study with a different space: Optuna cannot sample a trial
+        whose parameter ranges changed, and the stored best would belong to another search.
+        """
+        # Names as a list: their order is the order of Optuna's "optimizer"/"schedule" choices.
+        description = {
+            kind: [
+                [name, {argument: _spec_to_json(spec) for argument, spec in space.items()}]
+                for name, space in spaces.items()
+            ]
+            for kind, spaces in (("optimizers", self.optimizers), ("schedules", self.schedules))
+        }
+        return json.dumps(description, sort_keys=True, separators=(",", ":"))
 
     def __repr__(self) -> str:
         return f"SearchSpace(optimizers={self.optimizers!r}, schedules={self.schedules!r})"

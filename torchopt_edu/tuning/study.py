@@ -44,6 +44,13 @@ TrainFn: TypeAlias = Callable[[OptimizerConfig, Report], float]
 
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 
+SEARCH_SPACE_ATTR = "search_space"
+"""Key of the study's ``user_attrs`` holding :meth:`SearchSpace.fingerprint` of its space."""
+
+MAX_SEED = 2**31 - 1
+"""Largest ``seed`` of :func:`tune`: the sampler of trial ``k`` is seeded with ``seed + k``, which
+numpy needs below ``2**32``."""
+
 HEARTBEAT_INTERVAL_S = 60
 """Seconds between a running trial's heartbeats in a database storage; a trial silent for twice
 as long (its process was killed) is marked failed by the next trial that starts."""
@@ -180,6 +187,10 @@ class TrialSeededTPESampler(optuna.samplers.BaseSampler):
         self._tpe.after_trial(study, trial, state, values)
 
 
+class NoCompletedTrialError(RuntimeError):
+    """A study has no completed trial, so it has no best configuration."""
+
+
 @dataclass(frozen=True)
 class TuneResult:
     """What :func:`tune` found.
@@ -201,7 +212,8 @@ def best_config(study: optuna.Study) -> OptimizerConfig:
     """The configuration of ``study``'s best completed trial.
 
     Raises:
-        RuntimeError: no trial completed; the message quotes the last recorded failure.
+        NoCompletedTrialError: (a ``RuntimeError``) no trial completed; the message quotes the
+            last recorded failure.
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -211,11 +223,40 @@ def best_config(study: optuna.Study) -> OptimizerConfig:
             if "error" in t.user_attrs
         ]
         last = errors[-1] if errors else "none recorded"
-        raise RuntimeError(
+        raise NoCompletedTrialError(
             f"study {study.study_name!r} has no completed trial "
             f"({len(study.trials)} trials; last error: {last})"
         )
     return OptimizerConfig.from_dict(study.best_trial.user_attrs["config"])
+
+
+def _check_search_space(
+    study: optuna.Study,
+    space: SearchSpace,
+    storage: str | os.PathLike[str] | optuna.storages.BaseStorage,
+) -> None:
+    """Record ``space`` in a new study; refuse to resume an existing one with another space."""
+    fingerprint = space.fingerprint()
+    stored = study.user_attrs.get(SEARCH_SPACE_ATTR)
+    if stored is None and not study.trials:  # a new study (or an empty one): adopt it
+        study.set_user_attr(SEARCH_SPACE_ATTR, fingerprint)
+        return
+    if stored == fingerprint:
+        return
+    if isinstance(storage, (str, os.PathLike)):
+        name = os.fspath(storage)
+    else:  # a database's URL, or the kind of storage (in memory)
+        name = getattr(storage, "url", None) or type(storage).__name__
+    what = (
+        "records no search space (it was not created by tune())"
+        if stored is None
+        else f"was created with another search space:\n  stored:    {stored}"
+    )
+    raise ValueError(
+        f"study {study.study_name!r} in storage {name!r} {what}\n  requested: {fingerprint}\n"
+        "Resuming it would mix unrelated trials (and Optuna cannot sample changed ranges): "
+        "pass a new study_name, or the study's own search space to resume it."
+    )
 
 
 def tune(
@@ -257,7 +298,7 @@ def tune(
         pruner: ``"median"``, ``"successive_halving"``, ``"hyperband"``, ``"none"`` or an Optuna
             pruner.
         sampler: an Optuna sampler; ``None`` means TPE seeded per trial with ``seed + number``.
-        seed: the seed of the default sampler.
+        seed: the seed of the default sampler, in ``[0, MAX_SEED]``.
         catch: exceptions of ``train`` that fail the trial and let the study go on (the message is
             kept in the trial's ``user_attrs["error"]``); others fail the trial and propagate.
         timeout: stop starting trials after this many seconds.
@@ -267,13 +308,17 @@ def tune(
         A :class:`TuneResult` with the best configuration.
 
     Raises:
-        ValueError: bad ``n_trials``, ``direction`` or ``pruner``.
-        RuntimeError: no trial of the study completed.
+        ValueError: bad ``n_trials``, ``direction``, ``pruner`` or ``seed``; or ``study_name``
+            exists in ``storage`` with another direction or search space (checked before any
+            trial runs).
+        NoCompletedTrialError: (a ``RuntimeError``) no trial of the study completed.
     """
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
     if direction not in ("minimize", "maximize"):
         raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     space = SearchSpace() if space is None else space
     if not isinstance(space, SearchSpace):
         raise TypeError(f"space must be a SearchSpace or None, got {space!r}")
@@ -292,14 +337,13 @@ def tune(
             f"study {study_name!r} already exists with direction {study.direction.name.lower()!r}, "
             f"not {direction!r}"
         )
+    _check_search_space(study, space, storage)
     with warnings.catch_warnings():  # fail_stale_trials is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # so trials of killed workers are not counted
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
-        config = space.suggest(trial)
-        trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("worker", worker)
 
         def report(value: float, step: int) -> None:
@@ -313,6 +357,8 @@ def tune(
                 )
 
         try:
+            config = space.suggest(trial)  # inside: a failed draw is recorded like any failure
+            trial.set_user_attr("config", config.to_dict())
             value = float(train(config, report))
             if not math.isfinite(value):
                 raise FloatingPointError(f"trial {trial.number} returned {value}")
