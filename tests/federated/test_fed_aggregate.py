@@ -1,9 +1,11 @@
 """fed_avg, weighted_sum/average and check_update: hand-computed means and named errors."""
 
+import numpy as np
 import pytest
 import torch
 
 from torchopt_edu.federated import InvalidUpdateError, average, check_update, fed_avg, weighted_sum
+from torchopt_edu.federated.aggregate import scale_weights
 
 
 def test_fed_avg_equals_hand_computed_weighted_mean():
@@ -156,10 +158,41 @@ def test_fed_avg_on_cuda_matches_cpu():
 def test_a_sum_that_overflows_float64_is_reported_by_tensor():
     huge = {"w": torch.tensor([1e308], dtype=torch.float64)}
     with pytest.raises(ValueError, match="the weighted sum of tensor 'w' overflowed float64"):
-        fed_avg([huge, huge], [1, 1])
+        weighted_sum([huge, huge], [1, 1], huge)
+    # fed_avg scales the weights to [0.5, 0.5] first, so this mean does not overflow
+    assert fed_avg([huge, huge], [1, 1])["w"].item() == 1e308
 
 
 def test_a_non_finite_update_with_weight_zero_is_still_rejected():
     bad = {**GOOD, "layer.bias": torch.tensor([float("inf"), 0.0])}
     with pytest.raises(InvalidUpdateError, match="client 2: tensor 'layer.bias': 1 of 2"):
         fed_avg([GOOD, GOOD, bad], [1, 1, 0])
+
+
+def test_numpy_and_tensor_weights_are_numbers_and_bools_are_not():
+    states = [{"w": torch.tensor([0.0, 4.0])}, {"w": torch.tensor([4.0, 0.0])}]
+    expected = torch.tensor([3.0, 1.0])
+    for weights in (np.array([1, 3]), np.array([0.5, 1.5], dtype=np.float32), torch.tensor([1, 3])):
+        assert torch.equal(fed_avg(states, weights)["w"], expected)
+    for weights in ([True, True], [np.True_, np.True_]):
+        with pytest.raises(TypeError, match="client 0: weight must be a number"):
+            fed_avg(states, weights)
+
+
+def test_weights_whose_sum_overflows_float64_still_average():
+    # 1e308 + 1e308 is inf in float64: unscaled, the sums stayed finite and were divided by
+    # inf, giving zeros; scaled by a power of two, the mean is exact
+    states = [{"w": torch.tensor([0.25, 0.5])}, {"w": torch.tensor([0.75, 1.0])}]
+    assert torch.equal(fed_avg(states, [1e308, 1e308])["w"], torch.tensor([0.5, 0.75]))
+    assert torch.equal(fed_avg(states, [1e-320, 3e-320])["w"], torch.tensor([0.625, 0.875]))
+    assert scale_weights([3, 1, 0]) == [0.75, 0.25, 0.0]
+    with pytest.raises(ValueError, match="the weights sum to inf, more than float64 holds"):
+        weighted_sum(states, [1e308, 1e308], states[0])
+
+
+def test_scaling_the_weights_changes_no_bit_of_the_mean():
+    generator = torch.Generator().manual_seed(5)
+    states = [{"w": torch.randn(1000, generator=generator, dtype=torch.float64)} for _ in range(3)]
+    weights = [123, 4567, 89]
+    sums, total = weighted_sum(states, weights, states[0])
+    assert torch.equal(fed_avg(states, weights)["w"], average(sums, total, states[0])["w"])

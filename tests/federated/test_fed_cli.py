@@ -2,9 +2,11 @@
 
 import csv
 import json
+import math
 import re
 
 import pytest
+import torch
 
 from torchopt_edu.federated import bench, cli
 from torchopt_edu.federated.strategy import FedOpt, FedYogi
@@ -58,7 +60,9 @@ def test_cli_fedopt_takes_any_package_optimizer(tmp_path, capsys):
     assert "FedOpt(RMSprop(lr=0.01))" in capsys.readouterr().out
     parsed = cli.build_parser().parse_args(["--strategy", "fedyogi"])
     assert isinstance(cli.build_strategy(parsed), FedYogi)
-    parsed = cli.build_parser().parse_args(["--strategy", "fedopt", "--server-optimizer", "yogi"])
+    parsed = cli.build_parser().parse_args(
+        ["--strategy", "fedopt", "--server-optimizer", "yogi", "--server-lr", "0.1"]
+    )
     assert isinstance(cli.build_strategy(parsed), FedOpt)
 
 
@@ -72,7 +76,29 @@ def test_cli_fedopt_takes_any_package_optimizer(tmp_path, capsys):
         (["--server-optimizer", "adam"], "--server-optimizer applies to --strategy fedopt"),
         (["--server-lr", "0.1"], "--server-lr: --strategy fedavg has no server optimizer"),
         (["--device", "tpu:x"], "--device: not a device: 'tpu:x'"),
-        (["--lr", "-1"], "argument --lr: must be a number > 0, got -1"),
+        (["--lr", "-1"], r"argument --lr: must be a (finite )?number > 0, got -1"),
+        (["--mu", "0.5"], "argument --mu: applies to --strategy fedprox, not --strategy fedavg"),
+        (
+            ["--partition", "iid", "--alpha", "1"],
+            "argument --alpha: applies to --partition dirichlet, not --partition iid",
+        ),
+        (["--beta", "1"], "argument --beta: applies to --partition quantity, not --partition dir"),
+        (
+            ["--partition", "quantity", "--shards-per-client", "3"],
+            "argument --shards-per-client: applies to --partition shards, not --partition quan",
+        ),
+        (["--seed", "-1"], r"argument --seed: must be an integer in \[0, 4294967295\], got -1"),
+        (["--seed", str(2**32)], "argument --seed: must be an integer in"),
+        (["--clients", "2000"], "argument --clients: 2000 clients but the training set has 1437"),
+        (
+            ["--clients", "800", "--partition", "shards"],
+            "argument --clients: 800 clients x 2 shards per client need 1600 samples",
+        ),
+        (["--device", "meta"], "argument --device: 'meta': use cpu, cuda or cuda:N"),
+        (
+            ["--strategy", "fedopt", "--server-optimizer", "sgd"],
+            "--strategy fedopt needs --server-lr",
+        ),
     ],
 )
 def test_cli_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
@@ -82,11 +108,52 @@ def test_cli_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_without_cuda_is_an_argument_error(capsys):
+    for main in (cli.main, bench.main):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--device", "cuda"])
+        assert exit_.value.code == 2
+        assert "argument --device: cuda: CUDA is not available" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_fails_before_training(tmp_path, capsys, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(cli, "Simulation", no_training)
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*SMALL, "--out", str(out)])
+        assert exit_.value.code == 2
+        assert "argument --out:" in capsys.readouterr().err
+
+
+def test_options_that_apply_are_used_and_recorded(tmp_path):
+    args = cli.build_parser().parse_args(["--strategy", "fedprox", "--partition", "shards"])
+    cli._check(cli.build_parser(), args)
+    assert (args.mu, args.shards_per_client, args.alpha, args.beta) == (0.01, 2, None, None)
+    assert cli.build_strategy(args).mu == 0.01
+    out = tmp_path / "run"
+    argv = [*SMALL, "--rounds", "1", "--strategy", "fedprox", "--mu", "0.5", "--out", str(out)]
+    assert cli.main([*argv, "--partition", "iid"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["mu"] == 0.5 and config["alpha"] is None and config["device"] == "cpu"
+
+
 def test_benchmark_returns_its_numbers_and_prints_one_line(capsys):
     result = bench.run_benchmark(num_clients=20, fraction=0.1, rounds=2, local_epochs=1, warmup=1)
+    assert set(result) == {
+        "clients", "sampled", "local_epochs", "batch_size", "rounds", "device", "rounds_per_s",
+        "round_time_s", "client_time_s", "eval_time_s", "overhead", "test_accuracy",
+    }  # fmt: skip
     assert result["clients"] == 20 and result["sampled"] == 2 and result["rounds"] == 2
-    assert result["rounds_per_s"] > 0 and result["client_time_s"] > 0
-    assert result["round_time_s"] > result["client_time_s"]
+    assert result["device"] == "cpu" and result["local_epochs"] == 1
+    assert all(
+        isinstance(result[key], float) and math.isfinite(result[key])
+        for key in ("rounds_per_s", "round_time_s", "client_time_s", "eval_time_s", "overhead")
+    )
     assert 0 <= result["test_accuracy"] <= 1
     assert bench.main(["--clients", "10", "--rounds", "1", "--local-epochs", "1"]) == 0
     line = capsys.readouterr().out.strip()

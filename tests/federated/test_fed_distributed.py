@@ -11,6 +11,7 @@ from torchopt_edu.federated import (
     MLP,
     Client,
     FedAdam,
+    InvalidUpdateError,
     LocalTraining,
     Simulation,
     dirichlet_partition,
@@ -67,3 +68,29 @@ def test_run_distributed_checks_arguments_before_spawning():
         run_distributed(MLP(), clients, FedAdam(), train, 0)
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 2"):
         run_distributed(MLP(), clients, FedAdam(), train, 1, fraction=2)
+
+
+def test_on_invalid_raise_raises_the_same_error_as_the_simulation():
+    x_train, y_train, _, _ = load_digits_split(seed=0)
+    clients = make_clients(x_train[:60], y_train[:60], dirichlet_partition(y_train[:60], 3, 1.0))
+    clients[1] = Client(1, torch.full_like(clients[1].features, float("nan")), clients[1].labels)
+    train = LocalTraining(functools.partial(SGD, lr=0.1), epochs=1, batch_size=10)
+    torch.manual_seed(0)
+    initial = copy.deepcopy(MLP(hidden=8).state_dict())
+    errors, models = [], []
+    for run in ("simulation", "distributed"):
+        model = MLP(hidden=8)
+        model.load_state_dict(initial)
+        with pytest.raises(InvalidUpdateError) as error:
+            if run == "simulation":
+                Simulation(model, clients, FedAdam(), train, fraction=1.0).run(1, progress=False)
+            else:
+                run_distributed(model, clients, FedAdam(), train, 1, world_size=2, fraction=1.0)
+        errors.append(error.value)
+        models.append(model)
+    assert type(errors[1]) is InvalidUpdateError
+    assert str(errors[1]) == str(errors[0]) and errors[1].client == 1
+    assert "NaN or infinite" in str(errors[1])
+    for model in models:  # the failed round left the global model as it was
+        for name, tensor in initial.items():
+            assert torch.equal(model.state_dict()[name], tensor)

@@ -109,6 +109,35 @@ def test_label_counts_and_table():
 
 
 @pytest.mark.parametrize(
+    ("max_rows", "clients"), [(1, ["0"]), (2, ["0", "29"]), (3, ["0", "1", "29"])]
+)
+def test_format_counts_shows_max_rows_clients(max_rows, clients):
+    table = format_counts(np.arange(60).reshape(30, 2), max_rows=max_rows).splitlines()[2:]
+    assert [row.split()[0] for row in table if row.strip() != "..."] == clients
+    assert sum(row.strip() == "..." for row in table) == 1
+    with pytest.raises(ValueError, match="max_rows must be an integer >= 1, got 0"):
+        format_counts(np.ones((3, 2), dtype=int), max_rows=0)
+
+
+def test_shard_sizes_differ_by_one_and_the_first_shards_take_the_leftovers():
+    # 7 samples, 1 client x 3 shards: shards of 3, 2, 2 (np.array_split), dealt in random order
+    labels = np.array([0, 0, 0, 1, 1, 2, 2])
+    partition = shard_partition(labels, num_clients=3, shards_per_client=1, seed=0)
+    assert sorted(len(p) for p in partition) == [2, 2, 3]
+    assert [0, 1, 2] in [p.tolist() for p in partition]  # the first shard holds the extra sample
+
+
+def test_numpy_numbers_are_accepted():
+    expected = dirichlet_partition(LABELS, 10, alpha=1.0, seed=3)
+    for alpha in (np.int64(1), np.float32(1.0)):
+        got = dirichlet_partition(LABELS, np.int64(10), alpha=alpha, seed=3)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert len(quantity_skew_partition(100, 5, beta=np.float64(0.5))) == 5
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0, got True"):
+        dirichlet_partition(LABELS, 10, alpha=True)
+
+
+@pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda: iid_partition(5, 6), "num_samples must be an integer >= 6, got 5"),

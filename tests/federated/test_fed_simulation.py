@@ -4,7 +4,9 @@ import copy
 import csv
 import functools
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,22 +80,36 @@ def test_same_seed_gives_identical_results(digits):
     assert other[0]["train_loss"] != runs[0][0][0]["train_loss"]
 
 
-def test_sampling_is_seeded_per_round_and_a_thousand_clients_train_only_the_sampled():
+def test_sampling_is_seeded_per_round_and_a_thousand_clients_train_only_the_sampled(
+    monkeypatch,
+):
     assert sample_clients(1000, 0.01, seed=0, round_=3) == sample_clients(1000, 0.01, 0, 3)
     assert sample_clients(1000, 0.01, seed=0, round_=3) != sample_clients(1000, 0.01, 0, 4)
     assert len(sample_clients(1000, 0.01, 0, 1)) == 10
     assert len(sample_clients(7, 0.01, 0, 1)) == 1  # at least one client
     assert client_seed(0, 1, 2) != client_seed(0, 2, 1)
+    assert len({client_seed(0, 1, k) for k in range(1000)}) == 1000  # depends on the client id
 
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(3000, 64, generator=generator)
     labels = torch.randint(0, 10, (3000,), generator=generator)
     clients = make_clients(features, labels, iid_partition(3000, 1000, seed=0))
     train = LocalTraining(functools.partial(SGD, lr=0.1), epochs=1, batch_size=3)
-    simulation = Simulation(MLP(), clients, FedAvg(), train, fraction=0.01, seed=0)
+    simulation = Simulation(MLP(), clients, FedAvg(), train, fraction=np.float32(0.01), seed=0)
+    calls = []
+    fit = Client.fit
+
+    def recording_fit(client, model, global_state, train, seed):
+        calls.append((client.cid, id(model), seed))
+        return fit(client, model, global_state, train, seed)
+
+    monkeypatch.setattr(Client, "fit", recording_fit)
     record = simulation.run_round()
     assert record["clients"] == 10 and record["samples"] == 30
-    assert not any(isinstance(v, torch.nn.Module) for c in clients for v in vars(c).values())
+    sampled = sample_clients(1000, 0.01, seed=0, round_=1)
+    assert [cid for cid, _, _ in calls] == sampled  # only the sampled clients trained
+    assert {model for _, model, _ in calls} == {id(simulation.worker)}  # on one working model
+    assert [seed for _, _, seed in calls] == [client_seed(0, 1, k) for k in sampled]
 
 
 def _with_diverging_client(digits):
@@ -146,6 +162,24 @@ def test_history_is_saved_as_csv_and_json(digits, tmp_path):
     assert float(rows[1]["test_accuracy"]) == history[1]["test_accuracy"]
 
 
+def test_a_round_with_every_update_rejected_is_saved_as_strict_json(digits, tmp_path):
+    clients = _with_diverging_client(digits)[1:2]
+    clients[0].cid = 0
+    train = LocalTraining(functools.partial(SGD, lr=0.1), epochs=1, batch_size=10)
+    simulation = Simulation(MLP(), clients, FedAvg(), train, fraction=1.0, on_invalid="skip")
+    with pytest.warns(RuntimeWarning, match="rejected update: client 0"):
+        record = simulation.run_round()
+    assert record["samples"] == 0 and math.isnan(record["train_loss"])
+    csv_path, json_path = save_history(simulation.history, tmp_path)
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    saved = json.loads(json_path.read_text(), parse_constant=refuse)
+    assert saved[0]["train_loss"] is None and saved[0]["rejected"] == [0]
+    assert next(csv.DictReader(csv_path.open()))["train_loss"] == "nan"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -165,7 +199,7 @@ def test_bad_simulation_arguments_raise(digits, kwargs, message):
 def test_bad_local_training_and_clients_raise():
     with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
         LocalTraining(functools.partial(SGD, lr=0.1), epochs=0)
-    with pytest.raises(ValueError, match="proximal_mu must be a number >= 0, got -0.5"):
+    with pytest.raises(ValueError, match="proximal_mu must be a finite number >= 0, got -0.5"):
         LocalTraining(functools.partial(SGD, lr=0.1), proximal_mu=-0.5)
     with pytest.raises(ValueError, match="scheduler_interval must be 'epoch' or 'batch'"):
         LocalTraining(functools.partial(SGD, lr=0.1), scheduler_interval="step")

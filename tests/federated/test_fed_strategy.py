@@ -5,6 +5,7 @@ import copy
 import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -249,7 +250,7 @@ def test_fedopt_refuses_a_second_model_and_bad_arguments():
         strategy.aggregate_fit(other, _results(other, _random_deltas(other, 1, 0), [1]))
     with pytest.raises(TypeError, match="server_optimizer must be callable"):
         FedOpt("adam")
-    with pytest.raises(ValueError, match="mu must be a number >= 0, got -1"):
+    with pytest.raises(ValueError, match="mu must be a finite number >= 0, got -1"):
         FedProx(-1)
     with pytest.raises(ValueError, match="Invalid learning rate"):
         FedAdam(lr=-1.0)
@@ -289,3 +290,36 @@ def test_client_steps_a_package_scheduler_per_epoch_or_per_batch(interval):
             step_lr *= 0.5
     torch.testing.assert_close(result.state["weight"], weights[0].detach(), rtol=0, atol=1e-12)
     torch.testing.assert_close(result.state["bias"], weights[1].detach(), rtol=0, atol=1e-12)
+
+
+def _simulated(strategy, rounds=2):
+    """Two clients with different data, both sampled, two local epochs, ``rounds`` rounds."""
+    features, labels = _data(n=24)
+    clients = [Client(0, features[:12], labels[:12]), Client(1, features[12:], labels[12:])]
+    train = LocalTraining(functools.partial(SGD, lr=0.5), epochs=2, batch_size=4)
+    simulation = Simulation(_model(), clients, strategy, train, fraction=1.0, seed=1)
+    simulation.run(rounds, progress=False)
+    return simulation.model.state_dict()
+
+
+def test_simulation_applies_fedprox_proximal_term_and_mu_0_is_fedavg():
+    fedavg = _simulated(FedAvg())
+    fedprox_0 = _simulated(FedProx(mu=0.0))
+    fedprox = _simulated(FedProx(mu=np.float32(0.5)))
+    for name, tensor in fedavg.items():
+        assert torch.equal(fedprox_0[name], tensor)
+    # the proximal term pulls the clients back towards the global model: a smaller step
+    start = _model().state_dict()
+    for name, tensor in fedavg.items():
+        assert not torch.allclose(fedprox[name], tensor, rtol=0, atol=1e-6)
+        assert (fedprox[name] - start[name]).norm() < (tensor - start[name]).norm()
+
+
+def test_numpy_numbers_are_accepted_as_hyper_parameters():
+    assert FedProx(mu=np.float32(0.25)).mu == 0.25 and type(FedProx(np.int64(1)).mu) is float
+    train = LocalTraining(
+        functools.partial(SGD, lr=0.1), epochs=np.int64(2), proximal_mu=np.float32(0.5)
+    )
+    assert (train.epochs, train.proximal_mu) == (2, 0.5) and type(train.epochs) is int
+    with pytest.raises(ValueError, match="mu must be a finite number >= 0, got True"):
+        FedProx(True)

@@ -24,6 +24,7 @@ from torchopt_edu.federated.aggregate import (
     average,
     check_update,
     fed_avg,
+    scale_weights,
     weighted_sum,
 )
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining, make_clients
@@ -61,6 +62,7 @@ __all__ = [
     "average",
     "check_update",
     "fed_avg",
+    "scale_weights",
     "weighted_sum",
     "Client",
     "ClientResult",

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from torchopt_edu.federated._checks import is_real
+
 State = Mapping[str, Tensor]
 
 
@@ -96,12 +98,28 @@ def _check_weights(weights: Sequence[float], clients: Sequence[object]) -> list[
     for client, weight in zip(clients, weights, strict=True):
         if isinstance(weight, Tensor):
             weight = weight.item()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        if not is_real(weight):
             raise TypeError(f"client {client}: weight must be a number, got {weight!r}")
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"client {client}: weight must be finite and >= 0, got {weight}")
         checked.append(float(weight))
     return checked
+
+
+def scale_weights(weights: Sequence[float]) -> list[float]:
+    """``weights`` times the power of two that brings the largest into ``[0.5, 1)``.
+
+    A power of two scales exactly (short of subnormal numbers), so the weighted mean is the
+    same to the last bit, but weights such as ``[1e308, 1e308]``, whose sum overflows float64,
+    or ``[1e-320, 1e-320]``, which would lose their precision, average correctly. Weights that
+    are all 0 (or none) are returned as floats unchanged.
+    """
+    weights = _check_weights(weights, list(range(len(weights))))
+    largest = max(weights, default=0.0)
+    if largest == 0:
+        return weights
+    exponent = math.frexp(largest)[1]
+    return [math.ldexp(weight, -exponent) for weight in weights]
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -120,12 +138,19 @@ def weighted_sum(
     raises :class:`InvalidUpdateError` naming the client and the tensor. Sums are float64
     (complex128 for complex tensors) on ``reference``'s devices; an empty ``states`` gives
     zeros and a total of 0. ``clients`` names the clients in error messages (default: their
-    positions).
+    positions). Weights whose sum overflows float64 raise ``ValueError`` (the weights are not
+    rescaled here, so that partial sums of several workers still add up; see
+    :func:`scale_weights`).
     """
     clients = list(range(len(states))) if clients is None else list(clients)
     if len(clients) != len(states):
         raise ValueError(f"got {len(states)} states but {len(clients)} client names")
     weights = _check_weights(weights, clients)
+    weight_sum = sum(weights)
+    if not math.isfinite(weight_sum):
+        raise ValueError(
+            f"the weights sum to {weight_sum}, more than float64 holds; scale them (scale_weights)"
+        )
     for state, client in zip(states, clients, strict=True):
         check_structure(state, reference, client)
     sums = {
@@ -142,7 +167,7 @@ def weighted_sum(
             for state, client in zip(states, clients, strict=True):
                 check_finite({name: state[name]}, client)
             raise ValueError(f"the weighted sum of tensor {name!r} overflowed float64")
-    return sums, sum(weights)
+    return sums, weight_sum
 
 
 def average(sums: Mapping[str, Tensor], total: float, reference: State) -> dict[str, Tensor]:
@@ -177,17 +202,25 @@ def fed_avg(
     Returns:
         A new state dict on the first state's devices with its dtypes. The mean is
         accumulated in float64 and cast back; integer buffers are rounded (see
-        :func:`average`).
+        :func:`average`). The weights are first scaled by a power of two
+        (:func:`scale_weights`), which leaves the result unchanged but keeps huge weights
+        (``[1e308, 1e308]``) from overflowing.
 
     Raises:
         InvalidUpdateError: (a ``ValueError``) a state whose keys, shapes or dtypes differ from
             the first state's, or with a NaN/inf value; names the client and the tensor.
         ValueError: no states, negative or non-finite weights, weights that sum to 0.
+        TypeError: a weight that is not a real number (bools are refused; NumPy numbers and
+            one-element tensors are accepted).
 
     Reference: McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
     Decentralized Data", Algorithm 1 (FederatedAveraging).
     """
     if len(states) == 0:
         raise ValueError("fed_avg needs at least one state dict, got none")
-    sums, total = weighted_sum(states, weights, states[0], clients)
+    clients = list(range(len(states))) if clients is None else list(clients)
+    if len(clients) != len(states):
+        raise ValueError(f"got {len(states)} states but {len(clients)} client names")
+    _check_weights(weights, clients)  # name the client of a bad weight before scaling
+    sums, total = weighted_sum(states, scale_weights(weights), states[0], clients)
     return average(sums, total, states[0])

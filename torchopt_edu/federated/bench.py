@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from torchopt_edu import _argtypes
+from torchopt_edu.federated.cli import available_device
 from torchopt_edu.federated.client import LocalTraining, make_clients
 from torchopt_edu.federated.data import MLP, load_digits_split
 from torchopt_edu.federated.partition import iid_partition
@@ -39,7 +41,7 @@ def run_benchmark(
     local_epochs: int = 5,
     batch_size: int = 10,
     warmup: int = 2,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time ``rounds`` FedAvg rounds on digits (after ``warmup`` rounds); return the numbers.
@@ -98,18 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m torchopt_edu.federated.bench", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--local-epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clients", type=_argtypes.positive_int, default=100)
+    parser.add_argument("--fraction", type=_argtypes.fraction, default=0.1)
+    parser.add_argument("--rounds", type=_argtypes.positive_int, default=20)
+    parser.add_argument("--local-epochs", type=_argtypes.positive_int, default=5)
+    parser.add_argument("--batch-size", type=_argtypes.positive_int, default=10)
+    parser.add_argument("--device", type=available_device, default="cpu", help="cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
-    for name in ("clients", "rounds", "local_epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 < args.fraction <= 1:
-        parser.error(f"--fraction must be in (0, 1], got {args.fraction}")
     result = run_benchmark(
         args.clients,
         args.fraction,

@@ -4,6 +4,11 @@ Partitions the digits training set among ``--clients`` clients (non-IID by defau
 ``--rounds`` rounds of the chosen strategy, prints one table row per round and writes
 ``history.csv``, ``history.json``, ``config.json`` and ``accuracy.png`` under ``--out``.
 ``--workers N`` runs the same rounds over N torch.distributed (gloo) processes.
+
+Options that only one partition or strategy uses (``--alpha``, ``--shards-per-client``,
+``--beta``, ``--mu``) are refused with the others, and ``--strategy fedopt`` needs both
+``--server-optimizer`` and ``--server-lr``: no learning rate suits every server optimizer, and
+an optimizer's own default (SGD's ``1e-3``) barely moves the global model.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +36,13 @@ from torchopt_edu.federated.partition import (
     quantity_skew_partition,
     shard_partition,
 )
-from torchopt_edu.federated.simulation import Record, Simulation, plot_history, save_history
+from torchopt_edu.federated.simulation import (
+    Record,
+    Simulation,
+    finite_or_none,
+    plot_history,
+    save_history,
+)
 from torchopt_edu.federated.strategy import STRATEGIES, FedOpt, FedProx, Strategy
 from torchopt_edu.optim import OPTIMIZERS
 
@@ -41,12 +53,49 @@ HEADER = (
 )
 
 
+# options that only one --partition / --strategy uses: (which one, its default)
+PARTITION_OPTIONS = {
+    "alpha": ("dirichlet", 0.1),
+    "shards_per_client": ("shards", 2),
+    "beta": ("quantity", 0.5),
+}
+STRATEGY_OPTIONS = {"mu": ("fedprox", 0.01)}
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state (the train/test split) takes no more
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` (an option whose default depends on another one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def available_device(text: str) -> torch.device:
+    """argparse ``type=``: a device this machine can train on (``cpu``, ``cuda``, ``cuda:N``)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``torchopt-edu federated``."""
     parser = argparse.ArgumentParser(
         prog="torchopt-edu federated",
         description="Simulate federated learning on scikit-learn digits with an MLP.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--clients", type=positive_int, default=50, help="number of clients K")
     parser.add_argument("--rounds", type=positive_int, default=30, help="communication rounds")
@@ -66,29 +115,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the training set is split among the clients",
     )
     parser.add_argument(
-        "--alpha", type=positive_float, default=0.1, help="label skew of --partition dirichlet"
+        "--alpha", type=positive_float, help="label skew of --partition dirichlet (default 0.1)"
     )
     parser.add_argument(
-        "--shards-per-client", type=positive_int, default=2, help="for --partition shards"
+        "--shards-per-client", type=positive_int, help="for --partition shards (default 2)"
     )
     parser.add_argument(
-        "--beta", type=positive_float, default=0.5, help="size skew of --partition quantity"
+        "--beta", type=positive_float, help="size skew of --partition quantity (default 0.5)"
     )
     parser.add_argument(
         "--strategy", choices=[*STRATEGIES, "fedopt"], default="fedavg", help="server strategy"
     )
-    parser.add_argument("--mu", type=non_negative_float, default=0.01, help="FedProx mu")
+    parser.add_argument(
+        "--mu", type=non_negative_float, help="proximal weight of --strategy fedprox (default 0.01)"
+    )
     parser.add_argument(
         "--server-optimizer",
         choices=sorted(OPTIMIZERS),
-        help="server optimizer of --strategy fedopt",
+        help="server optimizer of --strategy fedopt (required there)",
     )
     parser.add_argument(
-        "--server-lr", type=positive_float, help="server learning rate (None: the strategy's)"
+        "--server-lr",
+        type=positive_float,
+        help="server learning rate (default: the strategy's; required with --strategy fedopt)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seeds the partition, model, sampling and training"
+        "--device", type=available_device, default="cpu", help="cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help=f"seeds the partition, model, sampling and training (0 to {MAX_SEED})",
     )
     parser.add_argument(
         "--workers", type=positive_int, default=1, help="torch.distributed (gloo) processes"
@@ -98,11 +156,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options that do not fit together; fill in the defaults of the ones that apply."""
+    for options, chosen, flag in (
+        (PARTITION_OPTIONS, args.partition, "--partition"),
+        (STRATEGY_OPTIONS, args.strategy, "--strategy"),
+    ):
+        for name, (user, default) in options.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default if chosen == user else None)
+            elif chosen != user:
+                parser.error(
+                    f"argument {_option(name)}: applies to {flag} {user}, not {flag} {chosen}"
+                )
     if args.strategy == "fedopt" and args.server_optimizer is None:
         parser.error(
             "--strategy fedopt needs --server-optimizer (one of this package's optimizers)"
         )
+    if args.strategy == "fedopt" and args.server_lr is None:
+        # an optimizer's own default lr (SGD's 1e-3, say) is meant for gradients, not for the
+        # pseudo-gradient of a round; there is no default that suits every server optimizer
+        parser.error("--strategy fedopt needs --server-lr (SGD with lr 1.0 is FedAvg)")
     if args.server_optimizer is not None and args.strategy != "fedopt":
         parser.error(
             f"--server-optimizer applies to --strategy fedopt; {args.strategy} "
@@ -110,28 +188,52 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.d
         )
     if args.server_lr is not None and args.strategy not in SERVER_OPTIMIZER_STRATEGIES:
         parser.error(f"--server-lr: --strategy {args.strategy} has no server optimizer")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device: not a device: {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available")
-    if args.workers > 1 and device.type != "cpu":
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"argument --seed: must be an integer in [0, {MAX_SEED}], got {args.seed}")
+    if args.workers > 1 and args.device.type != "cpu":
         parser.error(f"--workers {args.workers} runs gloo on the CPU; use --device cpu")
-    return device
+
+
+def _check_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace, samples: int) -> None:
+    """Refuse more clients (or shards) than the training set has samples."""
+    if args.partition == "shards" and args.clients * args.shards_per_client > samples:
+        parser.error(
+            f"argument --clients: {args.clients} clients x {args.shards_per_client} shards per "
+            f"client need {args.clients * args.shards_per_client} samples, the training set has "
+            f"{samples}"
+        )
+    if args.clients > samples:
+        parser.error(
+            f"argument --clients: {args.clients} clients but the training set has {samples} "
+            "samples (every client needs at least one)"
+        )
+
+
+def _check_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Create the output folder now, so that a bad ``--out`` fails before any training."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"argument --out: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"argument --out: cannot create {out}: {error.strerror or error}")
+    if not os.access(out, os.W_OK | os.X_OK):
+        parser.error(f"argument --out: {out} is not writable")
 
 
 def build_strategy(args: argparse.Namespace) -> Strategy:
     """The strategy named by ``--strategy``, with ``--mu``, ``--server-optimizer``, ``--server-lr``.
 
-    ``--server-lr`` overrides the learning rate of the strategy's server optimizer.
+    ``--server-lr`` overrides the learning rate of the strategy's server optimizer; ``fedopt``
+    needs it (``ValueError`` without it), ``fedprox`` without ``--mu`` uses ``mu = 0.01``.
     """
     if args.strategy == "fedprox":
-        return FedProx(args.mu)
+        return FedProx(STRATEGY_OPTIONS["mu"][1] if args.mu is None else args.mu)
     if args.strategy == "fedopt":
+        if args.server_lr is None:
+            raise ValueError("--strategy fedopt needs --server-lr")
         optimizer_class = OPTIMIZERS[args.server_optimizer]
-        lr = {} if args.server_lr is None else {"lr": args.server_lr}
-        return FedOpt(functools.partial(optimizer_class, **lr))
+        return FedOpt(functools.partial(optimizer_class, lr=args.server_lr))
     lr = {} if args.server_lr is None else {"lr": args.server_lr}
     return STRATEGIES[args.strategy](**lr)
 
@@ -161,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the simulation described by ``argv``; return 0 on success (argparse exits 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    device = _check(parser, args)
+    _check(parser, args)
+    device = args.device
     x_train, y_train, x_test, y_test = load_digits_split(seed=args.seed, device=device)
+    _check_sizes(parser, args, len(y_train))
+    _check_out(parser, args.out)
     partition = _partition(args, y_train)
     counts = label_counts(partition, y_train, num_classes=10)
     print(f"{args.clients} clients, {args.partition} partition (samples per label):")
@@ -197,10 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         simulation = Simulation(model, clients, strategy, train, **options)
         history = simulation.run(args.rounds, progress=not args.no_progress, log=print_row)
-    args.out.mkdir(parents=True, exist_ok=True)
     csv_path, _ = save_history(history, args.out)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (args.out / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    config = {
+        key: str(value) if isinstance(value, (Path, torch.device)) else value
+        for key, value in vars(args).items()
+    }
+    config_text = json.dumps(finite_or_none(config), indent=1, allow_nan=False)
+    (args.out / "config.json").write_text(config_text, encoding="utf-8")
     print(f"\nfinal test accuracy {history[-1]['test_accuracy']:.3f}; history in {csv_path}")
     try:
         ax = plot_history(history, label=type(strategy).__name__)

@@ -14,6 +14,7 @@ proximal term that keeps the local model near the global one ``w^t``:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from torchopt_edu.federated._checks import is_integer, is_real
 
 OptimizerFactory = Callable[[Iterable[Tensor]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -62,14 +65,17 @@ class LocalTraining:
             )
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))  # frozen: plain ints from NumPy ones
         if self.scheduler_interval not in ("epoch", "batch"):
             raise ValueError(
                 f"scheduler_interval must be 'epoch' or 'batch', got {self.scheduler_interval!r}"
             )
-        if not (isinstance(self.proximal_mu, (int, float)) and self.proximal_mu >= 0):
-            raise ValueError(f"proximal_mu must be a number >= 0, got {self.proximal_mu!r}")
+        mu = self.proximal_mu
+        if not (is_real(mu) and math.isfinite(mu) and mu >= 0):
+            raise ValueError(f"proximal_mu must be a finite number >= 0, got {mu!r}")
+        object.__setattr__(self, "proximal_mu", float(mu))
 
 
 @dataclass

@@ -33,7 +33,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from torchopt_edu.federated.aggregate import State, average, weighted_sum
+from torchopt_edu.federated._checks import is_integer
+from torchopt_edu.federated.aggregate import InvalidUpdateError, State, average, weighted_sum
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining
 from torchopt_edu.federated.simulation import (
     Record,
@@ -60,7 +61,8 @@ class DistributedSimulation(Simulation):
         accepted, errors = screen(results, global_state)
         everyone: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
         dist.all_gather_object(everyone, errors)
-        errors = [error for part in everyone for error in part]
+        # by client id, so the first error (the one raised) does not depend on the world size
+        errors = sorted((error for part in everyone for error in part), key=lambda e: e.client)
         if self.on_invalid == "raise" or dist.get_rank() == 0:  # warn once, raise everywhere
             self._handle_invalid(errors)
         sums, total = weighted_sum(
@@ -115,9 +117,19 @@ def _worker(
         if rank != 0:  # only rank 0 evaluates and reports
             simulation["test_set"] = None
         sim = DistributedSimulation(**simulation)
-        sim.run(rounds, progress=progress and rank == 0, log=log if rank == 0 else None)
+        error = None
+        try:
+            sim.run(rounds, progress=progress and rank == 0, log=log if rank == 0 else None)
+        except InvalidUpdateError as raised:
+            # every rank raises the same error (on_invalid="raise"); hand it to the parent as
+            # data, since mp.spawn would wrap it in a ProcessRaisedException
+            error = [raised.client, raised.tensor, raised.problem]
         if rank == 0:
-            torch.save({"state": sim.model.state_dict(), "history": sim.history}, result_path)
+            result = {"state": sim.model.state_dict(), "history": sim.history, "error": error}
+            torch.save(result, result_path)
+        # tear gloo down together: a rank that destroys the group while rank 0 still
+        # evaluates and saves can abort ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -142,10 +154,16 @@ def run_distributed(
     ``progress`` and ``log``, used by rank 0; ``log`` must be picklable). The final global
     state is loaded into ``model``; the history (rank 0's) is returned. The strategy object
     passed in is copied to the workers, so a server optimizer's state stays there.
+
+    With ``on_invalid="raise"``, a malformed update raises the same
+    :class:`~torchopt_edu.federated.aggregate.InvalidUpdateError` as :class:`Simulation`
+    does, here in the calling process, after ``model`` has been given the global state of
+    the last complete round (the round that failed leaves it untouched).
     """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+    if not is_integer(world_size) or world_size < 1:
         raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
     check_rounds(rounds)
+    world_size, rounds = int(world_size), int(rounds)
     if any(t.device.type != "cpu" for t in model.state_dict().values()):
         raise ValueError("run_distributed uses gloo on CPU: keep the model and data on the CPU")
     simulation: dict[str, Any] = dict(
@@ -169,4 +187,6 @@ def run_distributed(
         )
         result = torch.load(result_path, weights_only=True)
     model.load_state_dict(result["state"])
+    if result["error"] is not None:
+        raise InvalidUpdateError(*result["error"])
     return result["history"]

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torchopt_edu.federated._checks import is_integer, is_real
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -22,12 +24,12 @@ Partition = list[Tensor]
 
 
 def _check_count(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+    if not (is_real(value) and np.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
@@ -122,8 +124,9 @@ def shard_partition(
 
     The data sorted by label is cut into ``num_clients * shards_per_client`` contiguous shards
     and each client gets ``shards_per_client`` of them at random, so with 2 shards most clients
-    hold two labels (a shard on a label boundary adds a third). Samples beyond an even split
-    (``n mod #shards``) go to the last shards.
+    hold two labels (a shard on a label boundary adds a third). Shard sizes differ by at most
+    one: the ``n mod #shards`` samples beyond an even split go one each to the first shards
+    (``np.array_split``).
 
     Reference: McMahan et al. 2017, Sec. 3 ("sort the data by digit label, divide it into 200
     shards of size 300, and assign each of 100 clients 2 shards").
@@ -188,14 +191,17 @@ def label_counts(
 def format_counts(counts: np.ndarray, max_rows: int = 20) -> str:
     """A text table of :func:`label_counts`: one row per client, its size and label counts.
 
-    With more than ``max_rows`` clients only the first and last ``max_rows // 2`` are shown.
+    With more than ``max_rows`` clients only ``max_rows`` are shown: the first
+    ``ceil(max_rows / 2)`` and the last ``floor(max_rows / 2)``, with ``...`` between.
     """
+    _check_count("max_rows", max_rows, 1)
     num_clients, num_classes = counts.shape
     header = f"{'client':>6} {'n':>5} | " + " ".join(f"{c:>4}" for c in range(num_classes))
     rows = [header, "-" * len(header)]
     shown = list(range(num_clients))
     if num_clients > max_rows:
-        shown = shown[: max_rows // 2] + [-1] + shown[-(max_rows // 2) :]
+        head, tail = (max_rows + 1) // 2, max_rows // 2
+        shown = shown[:head] + [-1] + shown[num_clients - tail :]
     for k in shown:
         if k < 0:
             rows.append(f"{'...':>6}")

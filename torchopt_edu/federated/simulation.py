@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from torchopt_edu.federated._checks import is_integer, is_real
 from torchopt_edu.federated.aggregate import InvalidUpdateError, State, check_update
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining, LossFn
 from torchopt_edu.federated.strategy import Strategy
@@ -45,7 +46,7 @@ Record = dict[str, Any]
 
 def check_rounds(rounds: int) -> None:
     """Raise ``ValueError`` unless ``rounds`` is an integer >= 1."""
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+    if not is_integer(rounds) or rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
 
 
@@ -131,7 +132,7 @@ class Simulation:
     ) -> None:
         if len(clients) == 0:
             raise ValueError("clients must not be empty")
-        if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        if not (is_real(fraction) and 0 < fraction <= 1):
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         if on_invalid not in ("raise", "skip"):
             raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
@@ -147,7 +148,7 @@ class Simulation:
         self.strategy = strategy
         self.train = train
         self.test_set = test_set
-        self.fraction = fraction
+        self.fraction = float(fraction)
         self.seed = seed
         self.on_invalid = on_invalid
         self.history: list[Record] = []
@@ -157,7 +158,7 @@ class Simulation:
     ) -> list[Record]:
         """Run ``rounds`` more rounds with a progress bar; call ``log(record)`` after each."""
         check_rounds(rounds)
-        bar = tqdm(range(rounds), desc="rounds", disable=not progress, leave=False)
+        bar = tqdm(range(int(rounds)), desc="rounds", disable=not progress, leave=False)
         for _ in bar:
             record = self.run_round()
             if "test_accuracy" in record:
@@ -226,12 +227,29 @@ def round_summary(
     }
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in nested dicts, lists and tuples) replaced
+    by ``None``, so that ``json.dumps(..., allow_nan=False)`` writes ``null`` for it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
 def save_history(history: Sequence[Record], directory: str | Path) -> tuple[Path, Path]:
-    """Write ``history.csv`` and ``history.json`` into ``directory``; return both paths."""
+    """Write ``history.csv`` and ``history.json`` into ``directory``; return both paths.
+
+    The JSON is strict: a NaN or infinite number (the train loss of a round whose updates were
+    all rejected, a diverged test loss) is written as ``null``; the CSV writes ``nan``.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = directory / "history.json", directory / "history.csv"
-    json_path.write_text(json.dumps(list(history), indent=1), encoding="utf-8")
+    text = json.dumps(finite_or_none(list(history)), indent=1, allow_nan=False)
+    json_path.write_text(text, encoding="utf-8")
     fields = list(dict.fromkeys(key for record in history for key in record))
     with csv_path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=fields)

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from torchopt_edu.federated._checks import is_real
 from torchopt_edu.federated.aggregate import average, weighted_sum
 from torchopt_edu.federated.client import ClientResult, LocalTraining
 from torchopt_edu.optim import SGD, Adagrad, Adam, Yogi
@@ -100,8 +102,8 @@ class FedProx(FedAvg):
     """
 
     def __init__(self, mu: float = 0.01) -> None:
-        if not (isinstance(mu, (int, float)) and mu >= 0):
-            raise ValueError(f"mu must be a number >= 0, got {mu!r}")
+        if not (is_real(mu) and math.isfinite(mu) and mu >= 0):
+            raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
         self.mu = float(mu)
 
     def configure_fit(self, train: LocalTraining) -> LocalTraining:
@@ -179,6 +181,11 @@ class FedAvgM(FedOpt):
 
 class FedAdagrad(FedOpt):
     """Server Adagrad: ``v = v + Delta^2``, ``w = w - lr Delta / (sqrt(v) + tau)``, ``v_0 = tau^2``.
+
+    This is plain Adagrad on the pseudo-gradient, without momentum. Reddi et al.'s Algorithm 2
+    also keeps ``m = b1 m + (1-b1) Delta`` and steps with ``m`` in place of ``Delta``; that
+    form equals this one for ``b1 = 0``. For server momentum, use :class:`FedAdam` or
+    ``FedOpt`` with an optimizer that has it.
 
     Reference: Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2.
     """
