@@ -22,7 +22,10 @@ picklable arguments (models, clients and strategies built from importable classe
 from __future__ import annotations
 
 import copy
+import multiprocessing.util
+import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -127,11 +130,17 @@ def _worker(
         if rank == 0:
             result = {"state": sim.model.state_dict(), "history": sim.history, "error": error}
             torch.save(result, result_path)
-        # tear gloo down together: a rank that destroys the group while rank 0 still
-        # evaluates and saves can abort ("terminate called without an active exception")
-        dist.barrier()
+        dist.barrier()  # no rank tears gloo down while another still uses it
     finally:
         dist.destroy_process_group()
+    # Skip the interpreter's shutdown: now and then it aborts in a C++ destructor after the
+    # group is destroyed ("terminate called without an active exception", SIGABRT; torch
+    # 2.13, gloo), which mp.spawn would report as a failure of a run that has finished.
+    # Run multiprocessing's own exit hooks first (release tqdm's lock, flush the streams).
+    multiprocessing.util._exit_function()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(
