@@ -16,8 +16,9 @@ from torchopt_edu.lr_scheduler import (
     ReduceLROnPlateau,
     StepDecay,
     WarmupCosine,
+    plot_schedule,
+    simulate_schedule,
 )
-from torchopt_edu.viz import plot_schedule, simulate_schedule
 
 matplotlib.use("Agg")
 
