@@ -98,14 +98,34 @@ def _graph(**fields: object) -> Data:
         ({"edge_index": torch.tensor([[0, 10], [1, 2]])},
          "data.edge_index must lie in \\[0, 10\\) .* got values in \\[0, 10\\]"),
         ({"edge_index": torch.tensor([[0, -1], [1, 2]])}, "got values in \\[-1, 2\\]"),
-        ({"edge_weight": torch.ones(4)}, "data.edge_weight must be a finite float tensor of "
-                                         "shape \\[3\\]"),
+        ({"edge_weight": torch.ones(4)}, "data.edge_weight must be a float tensor of shape "
+                                         "\\[3\\] .* got tensor of shape \\[4\\]"),
+        ({"edge_weight": torch.ones(3, dtype=torch.long)},
+         "data.edge_weight must be a float tensor .*torch.int64"),
+        ({"edge_weight": [1.0, 1.0, 1.0]}, "data.edge_weight must be a float tensor .* got list"),
+        ({"edge_weight": torch.ones(3, dtype=torch.float64)},
+         "data.edge_weight must have data.x's dtype torch.float32, got torch.float64"),
+        ({"edge_weight": torch.tensor([1.0, 2.0, float("nan")])},
+         "data.edge_weight must be finite, got nan at edge 2"),
+        ({"edge_weight": torch.tensor([1.0, -0.5, -2.0])},
+         "data.edge_weight must be >= 0 .* got -0.5 at edge 1"),
+        ({"x": torch.randn(0, 3), "edge_index": torch.empty(2, 0, dtype=torch.long),
+          "y": torch.zeros(0, dtype=torch.long), "train_mask": torch.zeros(0, dtype=torch.bool)},
+         "data.x has 0 rows: the graph needs at least one node"),
+        ({"x": torch.randn(10, 0)}, "data.x has 0 features per node \\(shape \\[10, 0\\]\\)"),
+        ({"edge_index": torch.tensor([[0, 1, 2], [1, 2, 9]], device="meta")},
+         "data.edge_index is on meta but data.x is on cpu"),
+        ({"train_mask": torch.ones(10, dtype=torch.bool, device="meta")},
+         "data.train_mask is on meta but data.x is on cpu"),
         ({"train_mask": torch.ones(10)}, "data.train_mask must be a bool tensor of shape \\[10\\]"),
         ({"val_mask": torch.ones(9, dtype=torch.bool)}, "data.val_mask must be a bool tensor"),
         ({"train_mask": torch.zeros(10, dtype=torch.bool)}, "data.train_mask selects no node"),
         ({"y": torch.zeros(9, dtype=torch.long)}, "data.y must have 10 rows .* shape \\[9\\]"),
         ({"y": torch.zeros(10)}, "data.y must be int64 class labels of shape \\[10\\]"),
-        ({"y": -torch.ones(10, dtype=torch.long)}, "class labels must be >= 0, got -1"),
+        ({"y": -torch.ones(10, dtype=torch.long)}, "class labels must be >= 0 .* got -1 at node 0"),
+        # one bad label among good ones, not the smallest: the first bad node is named
+        ({"y": torch.tensor([0, 1, 2, -1, 1, 0, -100, 0, 1, 2])},
+         "data.y class labels must be >= 0 on the nodes of train_mask, got -1 at node 3"),
     ],
 )
 def test_validate_graph_names_the_bad_field(fields: dict, message: str) -> None:
@@ -115,7 +135,7 @@ def test_validate_graph_names_the_bad_field(fields: dict, message: str) -> None:
 
 def test_regression_targets_are_checked() -> None:
     validate_graph(_graph(y=torch.ones(10, 2)), task="regression")
-    with pytest.raises(ValueError, match="data.y must be finite for regression"):
+    with pytest.raises(ValueError, match="data.y must be finite on .* for regression, got inf"):
         validate_graph(_graph(y=torch.full((10,), float("inf"))), task="regression")
     with pytest.raises(ValueError, match="task must be one of"):
         validate_graph(_graph(), task="ranking")
@@ -172,3 +192,65 @@ def test_held_out_masks_without_train_mask_are_refused() -> None:
         validate_graph(graph)
     del graph.val_mask
     validate_graph(graph, task="classification")  # no masks at all: train on every node
+
+
+def test_unlabelled_nodes_outside_every_mask_may_carry_any_label() -> None:
+    """Only the labels the loss and metrics read must be valid: those of the masked nodes.
+
+    A label of -1 (or cross_entropy's ignore_index -100) on a masked node would be skipped by
+    the loss or miscounted by the accuracy, so it is refused and the node named; outside every
+    mask it is never read, the usual way to mark an unlabelled node.
+    """
+    y = torch.tensor([0, 1, -1, -1, -1, -1, -1, -1, -1, -100])
+    train = torch.tensor([True, True] + [False] * 8)
+    validate_graph(_graph(y=y, train_mask=train), task="classification")
+    val = torch.zeros(10, dtype=torch.bool).index_fill_(0, torch.tensor([5]), True)
+    with pytest.raises(ValueError, match="on the nodes of train_mask or val_mask, got -1 at "
+                                         "node 5"):
+        validate_graph(_graph(y=y, train_mask=train, val_mask=val), task="classification")
+    graph = _graph(y=y)
+    del graph.train_mask  # no mask: every node is trained on, so every label must be valid
+    with pytest.raises(ValueError, match="on every node \\(the graph has no mask\\), got -1 at "
+                                         "node 2"):
+        validate_graph(graph, task="classification")
+
+    targets = torch.ones(10, 2)
+    targets[7, 1] = float("nan")  # an unlabelled node's missing regression target
+    validate_graph(_graph(y=targets, train_mask=train), task="regression")
+    train[7] = True
+    with pytest.raises(ValueError, match="data.y must be finite on the nodes of train_mask for "
+                                         "regression, got nan at index \\[7, 1\\]"):
+        validate_graph(_graph(y=targets, train_mask=train), task="regression")
+
+
+def test_valid_edge_weights_are_accepted() -> None:
+    for weight in ([0.5, 2.0, 1.0], [0.0, 0.0, 0.0]):  # zero weights are allowed: no message
+        validate_graph(_graph(edge_weight=torch.tensor(weight)), task="classification")
+    validate_graph(_graph(edge_index=torch.empty(2, 0, dtype=torch.long),
+                          edge_weight=torch.empty(0)), task="classification")
+
+
+def test_one_node_graph_is_valid() -> None:
+    for edge_index in (torch.empty(2, 0, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long)):
+        one = Data(x=torch.randn(1, 3), edge_index=edge_index, y=torch.zeros(1, dtype=torch.long),
+                   train_mask=torch.ones(1, dtype=torch.bool))
+        validate_graph(one, task="classification")
+    with pytest.raises(ValueError, match="data.train_mask selects no node"):
+        validate_graph(Data(x=torch.randn(1, 3), edge_index=torch.empty(2, 0, dtype=torch.long),
+                            train_mask=torch.zeros(1, dtype=torch.bool)))
+
+
+def test_empty_graph_is_refused_before_training() -> None:
+    """0 nodes used to pass and then fail inside torch (classification) or train on NaN."""
+    empty = Data(x=torch.randn(0, 3), edge_index=torch.empty(2, 0, dtype=torch.long),
+                 y=torch.zeros(0, 1))
+    model = GCN(3, [4], 1)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    optimizer = Adam(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="data.x has 0 rows"):
+        train_node_model(model, empty, optimizer, epochs=2, progress=False)
+    with pytest.raises(ValueError, match="data.x has 0 rows"):
+        to_device(model, empty, "cpu")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert optimizer.state == {}

@@ -2,11 +2,13 @@
 early stopping, bad arguments."""
 
 import copy
+import math
 from collections.abc import Callable
 
 import pytest
 import torch
 from torch.optim import Optimizer
+from torch_geometric.data import Data
 
 from torchopt_edu import lr_scheduler
 from torchopt_edu.gnn import (
@@ -258,3 +260,103 @@ def test_cuda_training_matches_torch_adam() -> None:
     torch.testing.assert_close(torch.tensor(histories["ours"].loss),
                                torch.tensor(histories["torch"].loss), rtol=0, atol=1e-6)
     assert histories["ours"].final["train_acc"] == 1.0
+
+
+def _small_graph(**fields: object) -> Data:
+    data = Data(x=torch.randn(6, 3, generator=torch.Generator().manual_seed(0)),
+                edge_index=torch.tensor([[0, 1, 1, 2, 3, 4], [1, 0, 2, 1, 4, 5]]),
+                y=torch.tensor([0, 1, 0, 1, 0, 1]))
+    for key, value in fields.items():
+        data[key] = value
+    return data
+
+
+def _losses(data: Data, epochs: int = 5, **model_options: object) -> list[float]:
+    with seeded(0):
+        model = GCN(data.x.size(1), [4], 2, **model_options)
+    history = train_node_model(model, data, Adam(model.parameters(), lr=0.05), epochs=epochs,
+                               progress=False)
+    return history.loss
+
+
+def test_edge_weights_reach_the_model() -> None:
+    """Unit weights are GCN's default (the same curve as no weights), zero weights cut every
+    edge (the same curve as no edges), and other weights change the curve."""
+    unweighted = _losses(_small_graph())
+    assert _losses(_small_graph(edge_weight=torch.ones(6))) == unweighted
+    no_edges = _losses(_small_graph(edge_index=torch.empty(2, 0, dtype=torch.long)))
+    assert no_edges != unweighted
+    torch.testing.assert_close(_losses(_small_graph(edge_weight=torch.zeros(6))), no_edges)
+    weighted = _losses(_small_graph(edge_weight=torch.tensor([0.1, 0.1, 5.0, 5.0, 1.0, 1.0])))
+    assert all(math.isfinite(value) for value in weighted)
+    assert weighted != unweighted
+
+
+def test_negative_edge_weights_are_refused_before_training() -> None:
+    """A negative weight can make a degree negative; its -1/2 power is NaN and so is the loss."""
+    data = _small_graph(edge_weight=torch.tensor([1.0, 1.0, -3.0, 1.0, 1.0, 1.0]))
+    with seeded(0):
+        model = GCN(3, [4], 2)
+    initial = copy.deepcopy(model.state_dict())
+    optimizer = Adam(model.parameters(), lr=0.05)
+    with pytest.raises(ValueError, match="data.edge_weight must be >= 0 .* got -3.0 at edge 2"):
+        train_node_model(model, data, optimizer, epochs=5, progress=False)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, initial[name]), name
+    assert optimizer.state == {}
+
+
+def test_one_node_graph_trains() -> None:
+    """One labelled node, with no edge or with a self-loop (GCN adds the same self-loop), is a
+    valid if tiny graph: it trains, and both forms give the same curve."""
+    x, y = torch.randn(1, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([1])
+    no_edge = Data(x=x, edge_index=torch.empty(2, 0, dtype=torch.long), y=y)
+    self_loop = Data(x=x, edge_index=torch.zeros(2, 1, dtype=torch.long), y=y,
+                     train_mask=torch.ones(1, dtype=torch.bool))
+    losses = _losses(no_edge, epochs=20)
+    assert losses[-1] < 0.5 * losses[0]
+    assert _losses(self_loop, epochs=20) == losses
+
+
+def test_a_dict_instead_of_data_is_a_clear_type_error() -> None:
+    model = _karate_model()
+    optimizer = Adam(model.parameters(), lr=0.01)
+    graph = karate_club()
+    fields = {"x": graph.x, "edge_index": graph.edge_index, "y": graph.y}
+    for task in (None, "classification"):
+        with pytest.raises(TypeError, match="data must be a torch_geometric.data.Data, got "
+                                            "dict; build one with Data\\(\\*\\*fields\\)"):
+            train_node_model(model, fields, optimizer, epochs=5, task=task, progress=False)
+    train_node_model(model, Data(**fields), optimizer, epochs=1, progress=False)  # as advised
+
+
+def test_model_and_graph_that_do_not_fit_are_named_before_training() -> None:
+    data = _small_graph()
+    with seeded(0):
+        model = GCN(3, [4], 2)
+    initial = copy.deepcopy(model.state_dict())
+    optimizer = Adam(model.parameters(), lr=0.05)
+    with pytest.raises(ValueError, match="model parameters are torch.float32 but data.x is "
+                                         "torch.float64"):
+        train_node_model(model, _small_graph(x=data.x.double()), optimizer, epochs=2)
+    with pytest.raises(ValueError, match="model\\(x, edge_index\\) failed on this graph \\(x of "
+                                         "shape \\[6, 5\\]\\).*cannot be multiplied"):
+        train_node_model(model, _small_graph(x=torch.randn(6, 5)), optimizer, epochs=2)
+    for bad in (True, 2.0):
+        with pytest.raises(ValueError, match="epochs must be an int >= 1, got"):
+            train_node_model(model, data, optimizer, epochs=bad)
+        with pytest.raises(ValueError, match="patience must be None or an int >= 1, got"):
+            train_node_model(model, data, optimizer, epochs=2, patience=bad)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, initial[name]), name
+    assert optimizer.state == {}
+
+
+def test_labels_outside_every_mask_are_not_read() -> None:
+    """Unlabelled nodes (label -1, outside every mask) take part in message passing only; the
+    class count is checked against the labelled nodes."""
+    data = _small_graph(y=torch.tensor([0, 1, -1, -1, 7, 1]),
+                        train_mask=torch.tensor([True, True, False, False, False, False]),
+                        test_mask=torch.tensor([False, False, False, False, False, True]))
+    history = _losses(data, epochs=20)
+    assert history[-1] < history[0]

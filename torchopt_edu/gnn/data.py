@@ -17,11 +17,11 @@ Three graphs, each reproducible from a seed and returned as a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.datasets import KarateClub
 from torch_geometric.utils import index_to_mask, stochastic_blockmodel_graph
@@ -173,37 +173,68 @@ def sbm_graph(
 
 def infer_task(data: Data) -> str:
     """``"classification"`` if ``data.y`` holds integers, ``"regression"`` if floats."""
+    _check_is_data(data)
     y = getattr(data, "y", None)
     if not isinstance(y, torch.Tensor):
         raise ValueError(f"data.y must be a tensor of node targets, got {type(y).__name__}")
     return "regression" if y.is_floating_point() else "classification"
 
 
+def labelled_nodes(data: Data) -> Tensor:
+    """Bool ``[N]``: the nodes whose targets the loss or the metrics read.
+
+    Those of ``train_mask``, ``val_mask`` or ``test_mask``, or every node when the graph has
+    no mask (then every node is trained on). The other nodes only pass messages.
+    """
+    masks = [mask for name in MASKS if (mask := getattr(data, name, None)) is not None]
+    if not masks:
+        return torch.ones(data.x.size(0), dtype=torch.bool, device=data.x.device)
+    return torch.stack(masks).any(dim=0)
+
+
 def validate_graph(data: Data, task: str | None = None) -> None:
     """Check a node-level graph up front; raise ``ValueError`` naming the first bad field.
 
-    Checked: ``x`` is a finite 2-D float tensor ``[N, F]``; ``edge_index`` is int64 of
-    shape ``[2, E]`` with every index in ``[0, N)``; ``edge_weight`` (if present) is a
-    finite float ``[E]``; ``y`` has N rows (int64 ``[N]`` with labels >= 0 for
-    classification, finite float ``[N]`` or ``[N, C]`` for regression); each mask present
-    is bool ``[N]``, and ``train_mask`` selects at least one node; a graph with ``val_mask`` or
-    ``test_mask`` but no ``train_mask`` is refused (training on all nodes would leak their
-    labels).
+    Checked:
+
+    - ``x`` is a finite 2-D float tensor ``[N, F]`` with ``N >= 1`` nodes and ``F >= 1``
+      features; every other tensor field is on ``x``'s device.
+    - ``edge_index`` is int64 ``[2, E]`` with every index in ``[0, N)``.
+    - ``edge_weight`` (if present) is ``[E]`` of ``x``'s dtype, finite and ``>= 0``: GCN
+      normalises by ``deg^{-1/2}``, which a negative weight can turn into NaN.
+    - each mask present is bool ``[N]``; ``train_mask`` selects at least one node; a graph
+      with ``val_mask`` or ``test_mask`` but no ``train_mask`` is refused (training on all
+      nodes would leak their labels).
+    - ``y`` has N rows: int64 ``[N]`` labels for classification, float ``[N]`` or ``[N, C]``
+      for regression. Labels must be ``>= 0`` (regression targets finite) on the
+      :func:`labelled_nodes`, the nodes of some mask; a node outside every mask is never
+      read, so it may carry any label, e.g. -1 for unlabelled. cross_entropy's
+      ``ignore_index`` (-100) is not used: a masked node labelled -100 is refused rather than
+      silently left out of the loss and counted wrong in the accuracy.
 
     Args:
         data: the graph.
         task: ``"regression"``, ``"classification"`` or None to skip the target checks.
     """
-    if not isinstance(data, Data):
-        raise TypeError(f"data must be a torch_geometric.data.Data, got {type(data).__name__}")
+    _check_is_data(data)
     x = data.x
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise ValueError(f"data.x must be a 2-D float tensor [num_nodes, num_features], "
                          f"got {_describe(x)}")
-    if not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-        raise ValueError(f"data.x must be finite, got {x[tuple(bad)].item()} at index {bad}")
     num_nodes = x.size(0)
+    if num_nodes == 0:
+        raise ValueError("data.x has 0 rows: the graph needs at least one node")
+    if x.size(1) == 0:
+        raise ValueError(f"data.x has 0 features per node (shape {list(x.shape)}); give each "
+                         "node at least one (a constant 1, or one-hot node ids)")
+    for name in ("edge_index", "edge_weight", "y", *MASKS):
+        value = getattr(data, name, None)
+        if isinstance(value, torch.Tensor) and value.device != x.device:
+            raise ValueError(f"data.{name} is on {value.device} but data.x is on {x.device}; "
+                             "move the whole graph with data.to(device)")
+    if not torch.isfinite(x).all():
+        index, value = _first(x, ~torch.isfinite(x))
+        raise ValueError(f"data.x must be finite, got {value} at index {index}")
 
     edge_index = data.edge_index
     if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 \
@@ -219,13 +250,8 @@ def validate_graph(data: Data, task: str | None = None) -> None:
                              f"data.x.size(0)), got values in [{low}, {high}]")
 
     edge_weight = getattr(data, "edge_weight", None)
-    if edge_weight is not None and (
-        not isinstance(edge_weight, torch.Tensor) or not edge_weight.is_floating_point()
-        or tuple(edge_weight.shape) != (edge_index.size(1),)
-        or not torch.isfinite(edge_weight).all()
-    ):
-        raise ValueError(f"data.edge_weight must be a finite float tensor of shape "
-                         f"[{edge_index.size(1)}], got {_describe(edge_weight)}")
+    if edge_weight is not None:
+        _check_edge_weight(edge_weight, edge_index.size(1), x.dtype)
 
     for name in MASKS:
         mask = getattr(data, name, None)
@@ -246,21 +272,68 @@ def validate_graph(data: Data, task: str | None = None) -> None:
         return
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    _check_targets(data, task)
+
+
+def _check_is_data(data: object) -> None:
+    """``TypeError`` unless ``data`` is a PyG ``Data`` (a dict of fields is a common slip)."""
+    if not isinstance(data, Data):
+        hint = "; build one with Data(**fields)" if isinstance(data, Mapping) else ""
+        raise TypeError(f"data must be a torch_geometric.data.Data, got "
+                        f"{type(data).__name__}{hint}")
+
+
+def _check_edge_weight(edge_weight: object, num_edges: int, dtype: torch.dtype) -> None:
+    """One finite weight ``>= 0`` per edge, in the features' dtype."""
+    if not isinstance(edge_weight, torch.Tensor) or not edge_weight.is_floating_point() \
+            or tuple(edge_weight.shape) != (num_edges,):
+        raise ValueError(f"data.edge_weight must be a float tensor of shape [{num_edges}] (one "
+                         f"weight per edge), got {_describe(edge_weight)}")
+    if edge_weight.dtype != dtype:
+        raise ValueError(f"data.edge_weight must have data.x's dtype {dtype}, got "
+                         f"{edge_weight.dtype}")
+    if not torch.isfinite(edge_weight).all():
+        index, value = _first(edge_weight, ~torch.isfinite(edge_weight))
+        raise ValueError(f"data.edge_weight must be finite, got {value} at edge {index}")
+    if (edge_weight < 0).any():
+        index, value = _first(edge_weight, edge_weight < 0)
+        raise ValueError(f"data.edge_weight must be >= 0 (GCN normalises by deg^-1/2, NaN for "
+                         f"a negative degree), got {value} at edge {index}")
+
+
+def _check_targets(data: Data, task: str) -> None:
+    """``data.y`` fits ``task`` on every node, and is valid on the labelled nodes."""
+    num_nodes = data.x.size(0)
     y = getattr(data, "y", None)
     if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.size(0) != num_nodes:
         raise ValueError(f"data.y must have {num_nodes} rows (one per node), got {_describe(y)}")
+    masks = [name for name in MASKS if getattr(data, name, None) is not None]
+    where = (f"the nodes of {' or '.join(masks)}" if masks
+             else "every node (the graph has no mask)")
+    labelled = labelled_nodes(data).view(-1, *[1] * (y.dim() - 1))
     if task == "classification":
         if y.dtype != torch.long or y.dim() != 1:
             raise ValueError(f"data.y must be int64 class labels of shape [{num_nodes}] for "
                              f"classification, got {_describe(y)}")
-        if y.numel() > 0 and int(y.min()) < 0:
-            raise ValueError(f"data.y class labels must be >= 0, got {int(y.min())}")
+        if ((y < 0) & labelled).any():
+            node, value = _first(y, (y < 0) & labelled)
+            raise ValueError(f"data.y class labels must be >= 0 on {where}, got {value} at node "
+                             f"{node} (an unlabelled node may carry any label outside every "
+                             "mask)")
     else:
         if not y.is_floating_point() or y.dim() > 2:
             raise ValueError(f"data.y must be a float tensor [{num_nodes}] or "
                              f"[{num_nodes}, C] for regression, got {_describe(y)}")
-        if not torch.isfinite(y).all():
-            raise ValueError("data.y must be finite for regression, got NaN or inf")
+        if (~torch.isfinite(y) & labelled).any():
+            index, value = _first(y, ~torch.isfinite(y) & labelled)
+            raise ValueError(f"data.y must be finite on {where} for regression, got {value} at "
+                             f"index {index}")
+
+
+def _first(values: Tensor, bad: Tensor) -> tuple[int | list[int], float | int]:
+    """The index (an int for 1-D ``values``) and value of the first True of ``bad``."""
+    index = bad.nonzero()[0].tolist()
+    return (index[0] if len(index) == 1 else index), values[tuple(index)].item()
 
 
 def _describe(value: object) -> str:

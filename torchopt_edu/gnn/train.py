@@ -27,8 +27,9 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau as TorchReduceLROnPlateau
 from torch_geometric.data import Data
 from tqdm import tqdm
 
-from torchopt_edu.gnn.data import MASKS, infer_task, seeded, validate_graph
+from torchopt_edu.gnn.data import MASKS, infer_task, labelled_nodes, seeded, validate_graph
 from torchopt_edu.lr_scheduler import ReduceLROnPlateau
+from torchopt_edu.optim._checks import is_integer
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 # Schedulers whose step() takes the monitored metric instead of counting epochs.
@@ -289,9 +290,9 @@ def _check_training_setup(
                         f"{type(optimizer).__name__}")
     if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
         raise ValueError("scheduler must be built on the optimizer passed to train_node_model")
-    if not isinstance(epochs, int) or epochs < 1:
+    if not is_integer(epochs) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
+    if patience is not None and (not is_integer(patience) or patience < 1):
         raise ValueError(f"patience must be None or an int >= 1, got {patience!r}")
     model_params = {id(p) for p in model.parameters()}
     optimizer_params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -302,13 +303,26 @@ def _check_training_setup(
     if devices != {data.x.device}:
         raise ValueError(f"model parameters are on {sorted(map(str, devices))} but data.x is "
                          f"on {data.x.device}; move both with to_device(model, data, device)")
-    out = _eval_forward(model, data)
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes and data.x.dtype not in dtypes:
+        raise ValueError(f"model parameters are {', '.join(sorted(map(str, dtypes)))} but data.x "
+                         f"is {data.x.dtype}; convert one to the other, e.g. "
+                         f"model.to(data.x.dtype)")
+    try:
+        out = _eval_forward(model, data)
+    except (RuntimeError, IndexError) as error:  # torch's errors, from deep inside the model
+        weight = ", edge_weight" if getattr(data, "edge_weight", None) is not None else ""
+        raise ValueError(f"model(x, edge_index{weight}) failed on this graph (x of shape "
+                         f"{list(data.x.shape)}): {error}; does the model take "
+                         f"{data.x.size(1)} input features?") from error
     num_nodes = data.num_nodes
     if out.dim() != 2 or out.size(0) != num_nodes:
         raise ValueError(f"model output must have shape [{num_nodes}, C], got {list(out.shape)}")
-    if task == "classification" and out.size(1) <= int(data.y.max()):
-        raise ValueError(f"model outputs {out.size(1)} class scores but data.y has labels up "
-                         f"to {int(data.y.max())}")
+    if task == "classification":
+        max_label = int(data.y[labelled_nodes(data)].max())  # other nodes' labels are unread
+        if out.size(1) <= max_label:
+            raise ValueError(f"model outputs {out.size(1)} class scores but data.y has labels "
+                             f"up to {max_label}")
     if task == "regression" and out.numel() != data.y.numel():
         raise ValueError(f"model output of shape {list(out.shape)} does not match data.y of "
                          f"shape {list(data.y.shape)}")
