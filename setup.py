@@ -10,7 +10,9 @@ EXTRAS = {
     "data": ["scikit-learn>=1.2"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
-EXTRAS["dev"] = EXTRAS["all"] + [
+# Not in "all": only for building the documentation site (docs/).
+EXTRAS["docs"] = ["sphinx>=7.2", "myst-nb>=1.1", "furo>=2024.1"]
+EXTRAS["dev"] = EXTRAS["all"] + EXTRAS["docs"] + [
     "pytest>=7",
     "pytest-xdist>=3",
     "nbmake>=1.4",
