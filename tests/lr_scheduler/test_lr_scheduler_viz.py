@@ -137,3 +137,39 @@ def test_plot_without_matplotlib_says_which_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # as if it were not installed
     with pytest.raises(ImportError, match=r"pip install torchopt-edu\[viz\]"):
         plot_schedule(FACTORIES["step"], 10, optimizer=make_optimizer("torch.SGD"))
+
+
+def test_a_factory_is_drawn_from_the_initial_lr_even_after_training():
+    trained = make_optimizer("ours.SGD")
+    step_for_real(trained, ExponentialDecay(trained, 0.8), 40)  # rates end far below the start
+    fresh = make_optimizer("ours.SGD")
+    for name in FACTORIES:
+        expected = simulate_schedule(FACTORIES[name], 50, optimizer=fresh)
+        assert simulate_schedule(FACTORIES[name], 50, optimizer=trained) == expected, name
+    assert simulate_schedule(FACTORIES["step"], 1, optimizer=trained) == [list(GROUP_LRS)]
+    assert trained.param_groups[0]["lr"] < GROUP_LRS[0] / 1000  # and it is left as it was
+
+
+def test_plot_saves_the_figure_creating_folders_and_returns_the_open_axes(tmp_path):
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "runs" / "plots" / "schedules.png"
+    ax = plot_schedule(FACTORIES, 30, optimizer=make_optimizer("torch.SGD"), path=path)
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert plt.fignum_exists(ax.figure.number)  # neither shown nor closed: the caller's to use
+    svg = tmp_path / "schedule.svg"
+    plot_schedule(FACTORIES["step"], 30, optimizer=make_optimizer("torch.SGD"), path=str(svg))
+    assert svg.read_text().lstrip().startswith("<?xml")
+    with pytest.raises(TypeError, match="path must be a file path"):
+        plot_schedule(FACTORIES["step"], 30, optimizer=make_optimizer("torch.SGD"), path=3)
+
+
+def test_the_axis_labels_lie_inside_a_new_figure():
+    ax = plot_schedule(FACTORIES, 30, optimizer=make_optimizer("torch.SGD"), log_scale=True)
+    figure = ax.figure
+    figure.canvas.draw()
+    inside = figure.bbox
+    for label in (ax.xaxis.label, ax.yaxis.label):
+        extent = label.get_window_extent()
+        assert extent.x0 >= inside.x0 and extent.y0 >= inside.y0, label.get_text()
+        assert extent.x1 <= inside.x1 and extent.y1 <= inside.y1, label.get_text()
