@@ -1,5 +1,7 @@
 """Partitions cover every sample once, have the stated label distributions, and follow the seed."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -115,7 +117,7 @@ def test_format_counts_shows_max_rows_clients(max_rows, clients):
     table = format_counts(np.arange(60).reshape(30, 2), max_rows=max_rows).splitlines()[2:]
     assert [row.split()[0] for row in table if row.strip() != "..."] == clients
     assert sum(row.strip() == "..." for row in table) == 1
-    with pytest.raises(ValueError, match="max_rows must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="max_rows must be >= 1, got 0"):
         format_counts(np.ones((3, 2), dtype=int), max_rows=0)
 
 
@@ -133,20 +135,25 @@ def test_numpy_numbers_are_accepted():
         got = dirichlet_partition(LABELS, np.int64(10), alpha=alpha, seed=3)
         assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
     assert len(quantity_skew_partition(100, 5, beta=np.float64(0.5))) == 5
-    with pytest.raises(ValueError, match="alpha must be a finite number > 0, got True"):
+    with pytest.raises(TypeError, match="alpha must be a real number, got True"):
         dirichlet_partition(LABELS, 10, alpha=True)
+    with pytest.raises(TypeError, match="num_clients must be an int, got 2.0"):
+        iid_partition(10, 2.0)
 
 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: iid_partition(5, 6), "num_samples must be an integer >= 6, got 5"),
-        (lambda: iid_partition(10, 0), "num_clients must be an integer >= 1, got 0"),
-        (lambda: dirichlet_partition(LABELS, 4, alpha=0), "alpha must be a finite number > 0"),
+        (lambda: iid_partition(5, 6), "num_samples must be >= 6, got 5"),
+        (lambda: iid_partition(10, 0), "num_clients must be >= 1, got 0"),
+        (lambda: dirichlet_partition(LABELS, 4, alpha=0), r"alpha must lie in \(0.0, inf\), got 0"),
+        (lambda: dirichlet_partition(LABELS, 4, alpha=math.inf), r"alpha must lie in \(0.0, inf"),
         (lambda: dirichlet_partition(LABELS.astype(float), 4, 1.0), "labels must be a 1-D integer"),
-        (lambda: shard_partition(LABELS[:10], 4, 3), "number of labels must be an integer >= 12"),
-        (lambda: quantity_skew_partition(20, 5, 0.5, min_samples=5), "num_samples must be an"),
-        (lambda: quantity_skew_partition(20, 5, beta=-1.0), "beta must be a finite number > 0"),
+        (lambda: shard_partition(LABELS[:10], 4, 3), "number of labels must be >= 12, got 10"),
+        (lambda: quantity_skew_partition(20, 5, 0.5, min_samples=5), "num_samples must be >= 25"),
+        (lambda: quantity_skew_partition(20, 5, beta=-1.0), r"beta must lie in \(0.0, inf\)"),
+        (lambda: iid_partition(10, 2, seed=-1), r"seed must be an integer in \[0, 4294967295\]"),
+        (lambda: shard_partition(LABELS, 4, seed=2**32), r"seed must be an integer in \[0, 42"),
     ],
 )
 def test_bad_arguments_raise(call, message):

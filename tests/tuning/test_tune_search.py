@@ -13,6 +13,7 @@ from torchopt_edu.tuning import (
     LogUniform,
     NoCompletedTrialError,
     SearchSpace,
+    TrialSeededTPESampler,
     Uniform,
     quadratic_task,
     tune,
@@ -185,8 +186,12 @@ def test_bad_arguments_raise_before_any_database_is_written(tmp_path):
         tune(train, SearchSpace(SGD_LR), direction="min", storage=storage)
     with pytest.raises(TypeError, match=r"space must be a SearchSpace or None, got \['sgd'\]"):
         tune(train, ["sgd"], storage=storage)
-    for seed in (-1, MAX_SEED + 1, True, 1.0):
+    assert MAX_SEED == 2**32 - 1  # the package's one seed limit: NumPy's
+    for seed in (-1, MAX_SEED + 1):
         with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, {MAX_SEED}\]"):
+            tune(train, SearchSpace(SGD_LR), seed=seed, storage=storage)
+    for seed in (True, 1.0):
+        with pytest.raises(TypeError, match=rf"seed must be an int, got {seed}"):
             tune(train, SearchSpace(SGD_LR), seed=seed, storage=storage)
     assert not storage.exists()
 
@@ -286,3 +291,20 @@ def test_default_warmup_cosine_space_fits_runs_of_any_length():
         assert all(t.state == TrialState.COMPLETE for t in result.study.trials), [
             t.user_attrs.get("error") for t in result.study.trials
         ]
+
+
+def test_seeds_up_to_max_seed_run_and_the_trial_seeds_wrap_around():
+    space = SearchSpace(SGD_LR)
+    result = tune(quadratic_task(steps=1), space, n_trials=3, seed=MAX_SEED - 1,
+                  storage=InMemoryStorage(), pruner="none")
+    assert len(result.study.trials) == 3  # trial seeds MAX_SEED - 1, MAX_SEED and 0
+    sampler = TrialSeededTPESampler(MAX_SEED - 1)
+    assert [sampler.trial_seed(k) for k in range(3)] == [MAX_SEED - 1, MAX_SEED, 0]
+    # The wrapped trial draws what a study seeded with 0 draws first.
+    lr = [t.params["sgd.lr"] for t in result.study.trials]
+    from_zero = tune(quadratic_task(steps=1), space, n_trials=1, seed=0,
+                     storage=InMemoryStorage(), pruner="none")
+    assert from_zero.study.trials[0].params["sgd.lr"] == lr[2]
+    assert len(set(lr)) == 3
+    with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, {MAX_SEED}\]"):
+        TrialSeededTPESampler(MAX_SEED + 1)

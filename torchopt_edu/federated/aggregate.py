@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from torchopt_edu.federated._checks import is_real
+from torchopt_edu.optim._checks import is_real
 
 State = Mapping[str, Tensor]
 

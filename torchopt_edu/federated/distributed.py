@@ -36,7 +36,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from torchopt_edu.federated._checks import is_integer
 from torchopt_edu.federated.aggregate import InvalidUpdateError, State, average, weighted_sum
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining
 from torchopt_edu.federated.simulation import (
@@ -47,6 +46,7 @@ from torchopt_edu.federated.simulation import (
     screen,
 )
 from torchopt_edu.federated.strategy import Strategy
+from torchopt_edu.optim._checks import is_integer
 
 
 class DistributedSimulation(Simulation):

@@ -15,22 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchopt_edu.federated._checks import is_integer, is_real
+from torchopt_edu.optim._checks import check_int, check_number, check_seed
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 Partition = list[Tensor]
-
-
-def _check_count(name: str, value: int, minimum: int) -> None:
-    if not is_integer(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (is_real(value) and np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def _labels(labels: Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
@@ -56,9 +46,9 @@ def iid_partition(num_samples: int, num_clients: int, seed: int = 0) -> Partitio
     The reference case of McMahan et al. 2017 (Sec. 3): every client sees the global
     distribution.
     """
-    _check_count("num_clients", num_clients, 1)
-    _check_count("num_samples", num_samples, num_clients)
-    permutation = np.random.default_rng(seed).permutation(num_samples)
+    num_clients = check_int("num_clients", num_clients, minimum=1)
+    num_samples = check_int("num_samples", num_samples, minimum=num_clients)
+    permutation = np.random.default_rng(check_seed(seed)).permutation(num_samples)
     return _as_partition(np.array_split(permutation, num_clients))
 
 
@@ -89,10 +79,10 @@ def dirichlet_partition(
     for Federated Visual Classification", Sec. 3.
     """
     labels = _labels(labels)
-    _check_count("num_clients", num_clients, 1)
-    _check_count("number of labels", labels.size, num_clients)
-    _check_positive("alpha", alpha)
-    rng = np.random.default_rng(seed)
+    num_clients = check_int("num_clients", num_clients, minimum=1)
+    check_int("number of labels", labels.size, minimum=num_clients)
+    alpha = check_number("alpha", alpha, 0.0, open_low=True)
+    rng = np.random.default_rng(check_seed(seed))
     classes = np.unique(labels)
     pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
     left = np.array([len(pool) for pool in pools])
@@ -132,11 +122,11 @@ def shard_partition(
     shards of size 300, and assign each of 100 clients 2 shards").
     """
     labels = _labels(labels)
-    _check_count("num_clients", num_clients, 1)
-    _check_count("shards_per_client", shards_per_client, 1)
+    num_clients = check_int("num_clients", num_clients, minimum=1)
+    shards_per_client = check_int("shards_per_client", shards_per_client, minimum=1)
     num_shards = num_clients * shards_per_client
-    _check_count("number of labels", labels.size, num_shards)
-    rng = np.random.default_rng(seed)
+    check_int("number of labels", labels.size, minimum=num_shards)
+    rng = np.random.default_rng(check_seed(seed))
     by_label = np.argsort(labels, kind="stable")
     shards = np.array_split(by_label, num_shards)
     dealt = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
@@ -155,11 +145,11 @@ def quantity_skew_partition(
     Reference: Li, Diao, Chen and He 2022, "Federated Learning on Non-IID Data Silos: An
     Experimental Study" (ICDE), Sec. III-C.
     """
-    _check_count("num_clients", num_clients, 1)
-    _check_count("min_samples", min_samples, 1)
-    _check_count("num_samples", num_samples, num_clients * min_samples)
-    _check_positive("beta", beta)
-    rng = np.random.default_rng(seed)
+    num_clients = check_int("num_clients", num_clients, minimum=1)
+    min_samples = check_int("min_samples", min_samples, minimum=1)
+    num_samples = check_int("num_samples", num_samples, minimum=num_clients * min_samples)
+    beta = check_number("beta", beta, 0.0, open_low=True)
+    rng = np.random.default_rng(check_seed(seed))
     permutation = rng.permutation(num_samples)
     spare = num_samples - num_clients * min_samples
     shares = np.floor(rng.dirichlet(np.full(num_clients, beta)) * spare).astype(np.int64)
@@ -194,7 +184,7 @@ def format_counts(counts: np.ndarray, max_rows: int = 20) -> str:
     With more than ``max_rows`` clients only ``max_rows`` are shown: the first
     ``ceil(max_rows / 2)`` and the last ``floor(max_rows / 2)``, with ``...`` between.
     """
-    _check_count("max_rows", max_rows, 1)
+    max_rows = check_int("max_rows", max_rows, minimum=1)
     num_clients, num_classes = counts.shape
     header = f"{'client':>6} {'n':>5} | " + " ".join(f"{c:>4}" for c in range(num_classes))
     rows = [header, "-" * len(header)]

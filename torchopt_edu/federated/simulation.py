@@ -13,19 +13,19 @@ turn, and the state dicts of the sampled clients until they are aggregated, so 1
 cost no more than 10 (beyond their data). Randomness: client sampling depends only on
 ``(seed, t)`` and a client's training only on ``(seed, t, k)``, so results do not depend on the
 order (or process) in which clients train.
+
+The simulation computes and returns the history; ``torchopt-edu federated`` saves it
+(:mod:`torchopt_edu.cli.federated`) and :func:`~torchopt_edu.federated.plot.plot_history` draws it.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,13 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from torchopt_edu.federated._checks import is_integer, is_real
 from torchopt_edu.federated.aggregate import InvalidUpdateError, State, check_update
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining, LossFn
 from torchopt_edu.federated.strategy import Strategy
-
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
+from torchopt_edu.optim._checks import is_integer, is_real
 
 Record = dict[str, Any]
 
@@ -225,57 +222,3 @@ def round_summary(
         "train_loss": loss_sum / samples if samples > 0 else math.nan,
         "client_time_s": client_time,
     }
-
-
-def finite_or_none(value: Any) -> Any:
-    """``value`` with every NaN or infinite float (in nested dicts, lists and tuples) replaced
-    by ``None``, so that ``json.dumps(..., allow_nan=False)`` writes ``null`` for it."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(item) for item in value]
-    return value
-
-
-def save_history(history: Sequence[Record], directory: str | Path) -> tuple[Path, Path]:
-    """Write ``history.csv`` and ``history.json`` into ``directory``; return both paths.
-
-    The JSON is strict: a NaN or infinite number (the train loss of a round whose updates were
-    all rejected, a diverged test loss) is written as ``null``; the CSV writes ``nan``.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path = directory / "history.json", directory / "history.csv"
-    text = json.dumps(finite_or_none(list(history)), indent=1, allow_nan=False)
-    json_path.write_text(text, encoding="utf-8")
-    fields = list(dict.fromkeys(key for record in history for key in record))
-    with csv_path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=fields)
-        writer.writeheader()
-        for record in history:
-            row = dict(record)
-            row["rejected"] = " ".join(str(k) for k in record.get("rejected", []))
-            writer.writerow(row)
-    return csv_path, json_path
-
-
-def plot_history(
-    history: Sequence[Record], ax: Axes | None = None, label: str | None = None
-) -> Any:
-    """Test accuracy of the global model per round (needs matplotlib)."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("plot_history needs matplotlib: pip install torchopt-edu[viz]") from error
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3), dpi=80)
-    rounds = [record["round"] for record in history]
-    ax.plot(rounds, [record["test_accuracy"] for record in history], label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    if label is not None:
-        ax.legend()
-    return ax

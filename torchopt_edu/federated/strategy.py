@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from torchopt_edu.federated._checks import is_real
 from torchopt_edu.federated.aggregate import average, weighted_sum
 from torchopt_edu.federated.client import ClientResult, LocalTraining
 from torchopt_edu.optim import SGD, Adagrad, Adam, Yogi
+from torchopt_edu.optim._checks import check_number
 
 ServerOptimizerFactory = Callable[[Iterable[Tensor]], Optimizer]
 
@@ -102,9 +101,7 @@ class FedProx(FedAvg):
     """
 
     def __init__(self, mu: float = 0.01) -> None:
-        if not (is_real(mu) and math.isfinite(mu) and mu >= 0):
-            raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
-        self.mu = float(mu)
+        self.mu = check_number("mu", mu, 0.0)  # finite: the interval [0, inf) is open at inf
 
     def configure_fit(self, train: LocalTraining) -> LocalTraining:
         """The given local training with ``proximal_mu = mu``."""

@@ -18,8 +18,9 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("torchopt_edu.tuning needs Optuna: pip install torchopt-edu[tune]") from error
 
+from torchopt_edu.optim._checks import MAX_SEED
 from torchopt_edu.tuning.config import SCHEDULES, OptimizerConfig, Schedule, optimizer_class
-from torchopt_edu.tuning.plots import param_importances, plot_history, plot_importance, save_plots
+from torchopt_edu.tuning.plots import param_importances, plot_history, plot_importance
 from torchopt_edu.tuning.space import (
     DEFAULT_OPTIMIZER_SPACES,
     DEFAULT_SCHEDULE_SPACES,
@@ -32,7 +33,6 @@ from torchopt_edu.tuning.space import (
     default_schedule_space,
 )
 from torchopt_edu.tuning.study import (
-    MAX_SEED,
     NoCompletedTrialError,
     Report,
     TrainFn,
@@ -89,7 +89,6 @@ __all__ = [
     "plot_history",
     "plot_importance",
     "quadratic_task",
-    "save_plots",
     "supervised_task",
     "svc_iris_search",
     "tune",

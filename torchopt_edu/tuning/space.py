@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from torchopt_edu.optim import OPTIMIZERS
+from torchopt_edu.optim._checks import is_integer, is_real
 from torchopt_edu.tuning.config import (
     CONSTANT_SCHEDULE,
     LR_FACTOR,
@@ -35,14 +36,19 @@ if TYPE_CHECKING:
     import optuna
 
 
-def _check_range(kind: str, low: float, high: float) -> None:
-    for bound, value in (("low", low), ("high", high)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
+def _check_range(distribution: Distribution, *, integer: bool = False) -> None:
+    """Check ``low < high``, both finite numbers (integers if ``integer``), and store them as
+    plain Python numbers, so that NumPy scalars never reach the fingerprint or Optuna."""
+    kind = type(distribution).__name__
+    for bound in ("low", "high"):
+        value = getattr(distribution, bound)
+        if integer and not is_integer(value):
+            raise ValueError(f"{kind} needs an integer {bound}, got {bound}={value!r}")
+        if not (is_real(value) and math.isfinite(value)):
             raise ValueError(f"{kind} needs a finite number for {bound}, got {bound}={value!r}")
+        if type(value) not in (int, float):  # a NumPy scalar: keep its kind, drop its type
+            object.__setattr__(distribution, bound, int(value) if integer else float(value))
+    low, high = distribution.low, distribution.high
     if low >= high:
         raise ValueError(f"{kind} needs low < high, got low={low!r}, high={high!r}")
 
@@ -59,7 +65,7 @@ class LogUniform:
     high: float
 
     def __post_init__(self) -> None:
-        _check_range("LogUniform", self.low, self.high)
+        _check_range(self)
         if self.low <= 0:
             raise ValueError(f"LogUniform needs 0 < low (log scale), got low={self.low!r}")
 
@@ -76,7 +82,7 @@ class Uniform:
     high: float
 
     def __post_init__(self) -> None:
-        _check_range("Uniform", self.low, self.high)
+        _check_range(self)
 
     def suggest(self, trial: optuna.Trial, name: str) -> float:
         """Draw ``name`` from this distribution in ``trial``."""
@@ -92,10 +98,7 @@ class IntUniform:
     log: bool = False
 
     def __post_init__(self) -> None:
-        for bound, value in (("low", self.low), ("high", self.high)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"IntUniform needs an integer {bound}, got {bound}={value!r}")
-        _check_range("IntUniform", self.low, self.high)
+        _check_range(self, integer=True)
         if self.log and self.low < 1:
             raise ValueError(f"IntUniform(log=True) needs 1 <= low, got low={self.low!r}")
 

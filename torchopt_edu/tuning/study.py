@@ -33,6 +33,7 @@ import sqlalchemy
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from torchopt_edu.optim._checks import MAX_SEED, check_seed
 from torchopt_edu.tuning.config import OptimizerConfig
 from torchopt_edu.tuning.space import SearchSpace
 
@@ -46,10 +47,6 @@ PRUNERS = ("median", "successive_halving", "hyperband", "none")
 
 SEARCH_SPACE_ATTR = "search_space"
 """Key of the study's ``user_attrs`` holding :meth:`SearchSpace.fingerprint` of its space."""
-
-MAX_SEED = 2**31 - 1
-"""Largest ``seed`` of :func:`tune`: the sampler of trial ``k`` is seeded with ``seed + k``, which
-numpy needs below ``2**32``."""
 
 HEARTBEAT_INTERVAL_S = 60
 """Seconds between a running trial's heartbeats in a database storage; a trial silent for twice
@@ -143,15 +140,22 @@ class TrialSeededTPESampler(optuna.samplers.BaseSampler):
     same points. Seeding per trial number makes every trial a function of the seed and the trials
     before it: an interrupted and resumed study samples exactly what an uninterrupted one would,
     and workers sharing a study never repeat each other's random draws.
+
+    ``seed`` is any integer in ``[0, MAX_SEED]``; the trial seeds wrap around past ``MAX_SEED``
+    (NumPy takes no larger seed), so every seed allows any number of trials.
     """
 
     def __init__(self, seed: int = 0) -> None:
-        self._seed = seed
-        self._tpe = optuna.samplers.TPESampler(seed=seed)
+        self._seed = check_seed(seed)
+        self._tpe = optuna.samplers.TPESampler(seed=self._seed)
+
+    def trial_seed(self, number: int) -> int:
+        """The seed of trial ``number``: ``(seed + number) mod (MAX_SEED + 1)``."""
+        return (self._seed + number) % (MAX_SEED + 1)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Start trial ``trial.number`` with a TPE seeded by ``seed + trial.number``."""
-        self._tpe = optuna.samplers.TPESampler(seed=self._seed + trial.number)
+        """Start trial ``trial.number`` with a TPE seeded by :meth:`trial_seed`."""
+        self._tpe = optuna.samplers.TPESampler(seed=self.trial_seed(trial.number))
         self._tpe.before_trial(study, trial)
 
     def infer_relative_search_space(
@@ -298,7 +302,8 @@ def tune(
         pruner: ``"median"``, ``"successive_halving"``, ``"hyperband"``, ``"none"`` or an Optuna
             pruner.
         sampler: an Optuna sampler; ``None`` means TPE seeded per trial with ``seed + number``.
-        seed: the seed of the default sampler, in ``[0, MAX_SEED]``.
+        seed: the seed of the default sampler, in ``[0, MAX_SEED]`` (``2**32 - 1``, the one seed
+            limit of the package: :data:`torchopt_edu.optim._checks.MAX_SEED`).
         catch: exceptions of ``train`` that fail the trial and let the study go on (the message is
             kept in the trial's ``user_attrs["error"]``); others fail the trial and propagate.
         timeout: stop starting trials after this many seconds.
@@ -311,14 +316,14 @@ def tune(
         ValueError: bad ``n_trials``, ``direction``, ``pruner`` or ``seed``; or ``study_name``
             exists in ``storage`` with another direction or search space (checked before any
             trial runs).
+        TypeError: ``seed`` is not an integer.
         NoCompletedTrialError: (a ``RuntimeError``) no trial of the study completed.
     """
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
     if direction not in ("minimize", "maximize"):
         raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    seed = check_seed(seed)
     space = SearchSpace() if space is None else space
     if not isinstance(space, SearchSpace):
         raise TypeError(f"space must be a SearchSpace or None, got {space!r}")
