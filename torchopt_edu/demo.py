@@ -1,27 +1,28 @@
-"""``torchopt-edu demo``: train one small model with every optimizer and compare them.
+"""The demo: train one small model with every optimizer and compare them.
 
-The task is scikit-learn's handwritten digits (8x8 images, 10 classes; ships with
-scikit-learn, no download) or, with ``--dataset synthetic``, a generated 10-class problem
-that needs nothing beyond torch. Every optimizer starts from the same initial weights and
-sees the same mini-batches, so the table compares the optimizers and nothing else.
+``torchopt-edu demo`` (:mod:`torchopt_edu.cli.demo`) runs it from the shell. The task is
+scikit-learn's handwritten digits (8x8 images, 10 classes; ships with scikit-learn, no download)
+or, with ``--dataset synthetic``, a generated 10-class problem that needs nothing beyond torch.
+Every optimizer starts from the same initial weights and sees the same mini-batches, so the
+table compares the optimizers and nothing else.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from torchopt_edu._argtypes import positive_int
+from torchopt_edu._plotting import legend_labels, line_style
 from torchopt_edu.datasets import load_digits_tensors
-from torchopt_edu.optim import OPTIMIZERS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Learning rates that work for a small MLP on digits (each optimizer's own scale).
 DEMO_HYPERPARAMETERS: dict[str, dict[str, float]] = {
@@ -35,12 +36,26 @@ DEMO_HYPERPARAMETERS: dict[str, dict[str, float]] = {
 }
 
 
+def demo_hyperparameters(name: str) -> dict[str, float]:
+    """The demo's keyword arguments for optimizer ``name`` (``adam``, ``torch.optim.Adam``).
+
+    A torch.optim class gets those of our optimizer of the same name, so twins train alike;
+    any other class runs with its own defaults.
+    """
+    key = name.removeprefix("torch.optim.").lower()
+    return dict(DEMO_HYPERPARAMETERS.get(key, {}))
+
+
 @dataclass
 class Split:
     """Features and integer labels of one split."""
 
     features: Tensor
     labels: Tensor
+
+    def to(self, device: torch.device) -> Split:
+        """This split on ``device``."""
+        return Split(self.features.to(device), self.labels.to(device))
 
 
 @dataclass
@@ -107,8 +122,10 @@ def train(
             optimizer.zero_grad()
             loss = loss_fn(model(train_split.features[batch]), train_split.labels[batch])
             loss.backward()
+            _synchronize(loss.device)
             started = time.perf_counter()
             optimizer.step()
+            _synchronize(loss.device)
             step_seconds += time.perf_counter() - started
             steps += 1
             epoch_loss += loss.item() * len(batch)
@@ -122,85 +139,35 @@ def train(
     return result
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that the timer measures the step alone."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def format_table(results: list[RunResult]) -> str:
     """A plain-text table: optimizer, final training loss, test accuracy, ms per step."""
-    lines = [f"{'optimizer':<10} {'final loss':>10} {'test acc':>9} {'ms/step':>8}"]
+    width = max([len("optimizer"), *(len(r.name) for r in results)])
+    lines = [f"{'optimizer':<{width}} {'final loss':>10} {'test acc':>9} {'ms/step':>8}"]
     lines.append("-" * len(lines[0]))
     for r in results:
-        lines.append(
-            f"{r.name:<10} {r.losses[-1]:>10.4f} {r.test_accuracy:>9.3f} {r.ms_per_step:>8.3f}"
-        )
+        lines.append(f"{r.name:<{width}} {r.losses[-1]:>10.4f} {r.test_accuracy:>9.3f} "
+                     f"{r.ms_per_step:>8.3f}")
     return "\n".join(lines)
 
 
-def plot_losses(results: list[RunResult], path: Path) -> Path | None:
-    """Save the loss curves to ``path``; return None (and say why) without matplotlib."""
-    try:
-        import matplotlib
+def plot_losses(results: list[RunResult]) -> Figure:
+    """The loss curves of ``results`` (needs matplotlib); coinciding curves stay visible and
+    the legend names them ``(identical to X)``."""
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'torchopt-edu[viz]'): no plot saved")
-        return None
     figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
-    for r in results:
-        axis.plot(range(1, len(r.losses) + 1), r.losses, label=r.name)
+    labels = legend_labels({r.name: r.losses for r in results})
+    for index, r in enumerate(results):
+        style: dict[str, Any] = line_style(index, len(r.losses))
+        axis.plot(range(1, len(r.losses) + 1), r.losses, label=labels[r.name], **style)
     axis.set(xlabel="epoch", ylabel="training loss (cross-entropy)", yscale="log",
              title="Same model, same batches, different optimizers")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``torchopt-edu demo`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="torchopt-edu demo",
-        description="Train a small MLP with every optimizer and compare loss, accuracy, speed.",
-    )
-    parser.add_argument("--dataset", choices=["digits", "synthetic"], default="digits")
-    parser.add_argument("--optimizers", nargs="+", choices=sorted(DEMO_HYPERPARAMETERS),
-                        default=list(DEMO_HYPERPARAMETERS), metavar="NAME",
-                        help=f"subset of: {', '.join(DEMO_HYPERPARAMETERS)}")
-    parser.add_argument("--epochs", type=positive_int, default=15)
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
-                        help="folder for the loss-curve plot (default runs/demo)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the demo; return 0 on success (argparse exits with 2 on bad arguments)."""
-    args = build_parser().parse_args(argv)
-    train_split, test_split = load_dataset(args.dataset, args.seed)
-    n_classes = int(train_split.labels.max()) + 1
-    initial = make_model(train_split.features.shape[1], n_classes, args.seed)
-    results = []
-    with tqdm(total=args.epochs * len(args.optimizers), desc="training", unit="epoch") as bar:
-        for name in args.optimizers:
-            bar.set_postfix_str(name)
-            hyperparameters = DEMO_HYPERPARAMETERS[name]
-            results.append(train(
-                name,
-                lambda model, cls=OPTIMIZERS[name], hp=hyperparameters: cls(
-                    model.parameters(), **hp),
-                copy.deepcopy(initial),
-                train_split,
-                test_split,
-                args.epochs,
-                args.batch_size,
-                args.seed,
-                progress=bar,
-            ))
-    print(f"\n{args.dataset}: {len(train_split.labels)} train / {len(test_split.labels)} test, "
-          f"{args.epochs} epochs, batch {args.batch_size}\n")
-    print(format_table(results))
-    args.out.mkdir(parents=True, exist_ok=True)
-    saved = plot_losses(results, args.out / "loss_curves.png")
-    if saved is not None:
-        print(f"\nloss curves saved to {saved}")
-    return 0
+    return figure

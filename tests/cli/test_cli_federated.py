@@ -1,6 +1,7 @@
-"""`torchopt-edu federated` and the federated benchmark, called through main(argv)."""
+"""`torchopt-edu federated` and `federated-bench`, called through main(argv)."""
 
 import csv
+import functools
 import json
 import math
 import re
@@ -8,8 +9,20 @@ import re
 import pytest
 import torch
 
-from torchopt_edu.federated import bench, cli
+from torchopt_edu.cli import federated as cli
+from torchopt_edu.cli import federated_bench
+from torchopt_edu.federated import (
+    MLP,
+    FedAvg,
+    LocalTraining,
+    Simulation,
+    bench,
+    iid_partition,
+    load_digits_split,
+    make_clients,
+)
 from torchopt_edu.federated.strategy import FedOpt, FedYogi
+from torchopt_edu.optim import SGD
 
 SMALL = [
     "--clients",
@@ -52,18 +65,20 @@ def test_cli_fedopt_takes_any_package_optimizer(tmp_path, capsys):
         "--server-lr",
         "0.01",
         "--client-optimizer",
-        "adam",
+        "torch.optim.Adam",
         "--lr",
         "0.01",
     ]
     assert cli.main([*args, "--out", str(tmp_path)]) == 0
-    assert "FedOpt(RMSprop(lr=0.01))" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "FedOpt(RMSprop(lr=0.01))" in printed and "torch.optim.Adam lr 0.01" in printed
     parsed = cli.build_parser().parse_args(["--strategy", "fedyogi"])
     assert isinstance(cli.build_strategy(parsed), FedYogi)
     parsed = cli.build_parser().parse_args(
-        ["--strategy", "fedopt", "--server-optimizer", "yogi", "--server-lr", "0.1"]
+        ["--strategy", "fedopt", "--server-optimizer", "torch.optim.adam", "--server-lr", "0.1"]
     )
-    assert isinstance(cli.build_strategy(parsed), FedOpt)
+    strategy = cli.build_strategy(parsed)
+    assert isinstance(strategy, FedOpt) and "Adam" in repr(strategy)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +90,8 @@ def test_cli_fedopt_takes_any_package_optimizer(tmp_path, capsys):
         (["--strategy", "fedopt"], "--strategy fedopt needs --server-optimizer"),
         (["--server-optimizer", "adam"], "--server-optimizer applies to --strategy fedopt"),
         (["--server-lr", "0.1"], "--server-lr: --strategy fedavg has no server optimizer"),
-        (["--device", "tpu:x"], "--device: not a device: 'tpu:x'"),
+        (["--device", "tpu:x"], "--device: expected auto, cpu, cuda or cuda:N, got 'tpu:x'"),
+        (["--optimizer", "adamm"], "argument --optimizer/--client-optimizer: unknown optimizer"),
         (["--lr", "-1"], r"argument --lr: must be a (finite )?number > 0, got -1"),
         (["--mu", "0.5"], "argument --mu: applies to --strategy fedprox, not --strategy fedavg"),
         (
@@ -94,23 +110,25 @@ def test_cli_fedopt_takes_any_package_optimizer(tmp_path, capsys):
             ["--clients", "800", "--partition", "shards"],
             "argument --clients: 800 clients x 2 shards per client need 1600 samples",
         ),
-        (["--device", "meta"], "argument --device: 'meta': use cpu, cuda or cuda:N"),
+        (["--device", "meta"], "argument --device: expected auto, cpu, cuda or cuda:N, got 'meta'"),
         (
             ["--strategy", "fedopt", "--server-optimizer", "sgd"],
             "--strategy fedopt needs --server-lr",
         ),
     ],
 )
-def test_cli_bad_arguments_exit_2_naming_the_argument(argv, message, capsys):
+def test_cli_bad_arguments_exit_2_naming_the_argument(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
-        cli.main(argv)
+        cli.main([*argv, "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1
+    assert not (tmp_path / "out" / "history.csv").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_without_cuda_is_an_argument_error(capsys):
-    for main in (cli.main, bench.main):
+    for main in (cli.main, federated_bench.main):
         with pytest.raises(SystemExit) as exit_:
             main(["--device", "cuda"])
         assert exit_.value.code == 2
@@ -155,7 +173,7 @@ def test_benchmark_returns_its_numbers_and_prints_one_line(capsys):
         for key in ("rounds_per_s", "round_time_s", "client_time_s", "eval_time_s", "overhead")
     )
     assert 0 <= result["test_accuracy"] <= 1
-    assert bench.main(["--clients", "10", "--rounds", "1", "--local-epochs", "1"]) == 0
+    assert federated_bench.main(["--clients", "10", "--rounds", "1", "--local-epochs", "1"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("federated: 10 clients, 1 sampled per round") and "rounds/s" in line
 
@@ -169,3 +187,36 @@ def test_cli_workers_give_the_same_rounds_as_one_process(tmp_path):
     assert [[row[c] for c in columns] for row in runs[0]] == [
         [row[c] for c in columns] for row in runs[1]
     ]
+
+
+def _history(rounds=2, diverging=False):
+    x_train, y_train, x_test, y_test = load_digits_split(seed=0)
+    clients = make_clients(x_train[:80], y_train[:80], iid_partition(80, 4))
+    lr = 1e30 if diverging else 0.1
+    train = LocalTraining(functools.partial(SGD, lr=lr), epochs=1, batch_size=10)
+    simulation = Simulation(MLP(), clients, FedAvg(), train, (x_test, y_test), fraction=1.0,
+                            on_invalid="skip")
+    return simulation.run(rounds, progress=False)
+
+
+def test_history_is_saved_as_csv_and_json(tmp_path):
+    history = _history()
+    csv_path, json_path = cli.save_history(history, tmp_path)
+    assert json.loads(json_path.read_text()) == history
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [int(row["round"]) for row in rows] == [1, 2]
+    assert float(rows[1]["test_accuracy"]) == history[1]["test_accuracy"]
+
+
+def test_a_round_with_every_update_rejected_is_saved_as_strict_json(tmp_path):
+    with pytest.warns(RuntimeWarning, match="rejected update"):
+        history = _history(rounds=1, diverging=True)
+    assert history[0]["samples"] == 0 and math.isnan(history[0]["train_loss"])
+    csv_path, json_path = cli.save_history(history, tmp_path)
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    saved = json.loads(json_path.read_text(), parse_constant=refuse)
+    assert saved[0]["train_loss"] is None and saved[0]["rejected"] == [0, 1, 2, 3]
+    assert next(csv.DictReader(csv_path.open()))["train_loss"] == "nan"

@@ -1,4 +1,4 @@
-"""``torchopt-edu gnn`` and the GNN benchmark, called through their main(argv)."""
+"""``torchopt-edu gnn`` and ``gnn-bench``, called through their main(argv)."""
 
 import json
 from pathlib import Path
@@ -6,24 +6,29 @@ from pathlib import Path
 import pytest
 import torch
 
+from torchopt_edu.cli import gnn as gnn_cli
+from torchopt_edu.cli import gnn_bench
 from torchopt_edu.cli import main as torchopt_edu_main
 from torchopt_edu.gnn import bench
-from torchopt_edu.gnn.cli import main
+from torchopt_edu.gnn.demo import default_lr
+from torchopt_edu.gnn.plot import plot_histories
+
+main = gnn_cli.main
 
 
 def test_compares_optimizers_and_writes_curves(tmp_path: Path, capsys: pytest.CaptureFixture
                                                 ) -> None:
     out = tmp_path / "karate"
-    code = main(["--dataset", "karate", "--optimizer", "adam", "torch.adam", "sgd",
-                 "--epochs", "20", "--out", str(out)])
+    code = main(["--dataset", "karate", "--optimizers", "adam", "torch.optim.Adam,sgd",
+                 "--epochs", "20", "--out", str(out), "--no-progress"])
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("GCN(34, [16], 4) on karate")
     rows = {line.split()[0]: line.split() for line in lines[3:6]}
-    assert list(rows) == ["adam", "torch.adam", "sgd"]
-    assert rows["adam"][4:-1] == rows["torch.adam"][4:-1]  # same metrics: a drop-in
+    assert list(rows) == ["adam", "torch.optim.Adam", "sgd"]
+    assert rows["adam"][4:-1] == rows["torch.optim.Adam"][4:-1]  # same metrics: a drop-in
     histories = json.loads((out / "histories.json").read_text())
-    assert list(histories) == ["adam", "torch.adam", "sgd"]
+    assert list(histories) == ["adam", "torch.optim.Adam", "sgd"]
     assert histories["sgd"]["lr"][0] == 0.3 and histories["adam"]["lr"][0] == 0.01
     assert len(histories["adam"]["loss"]) == 20
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -33,14 +38,21 @@ def test_regression_dataset_one_learning_rate_and_dispatch(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     code = torchopt_edu_main(["gnn", "--dataset", "seed", "--optimizer", "adam", "yogi",
                               "--lr", "0.02", "--epochs", "5", "--out", str(tmp_path),
-                              "--no-plot", "--quiet", "--hidden", "8", "8"])
+                              "--no-plot", "--quiet", "--hidden", "8", "8",
+                              "--json", str(tmp_path / "run.json")])
     assert code == 0
     printed = capsys.readouterr().out
     assert "GCN(10, [8, 8], 1) on seed" in printed and "train_loss" in printed
     assert "val_acc" not in printed
     histories = json.loads((tmp_path / "histories.json").read_text())
     assert histories["yogi"]["lr"] == [0.02] * 5
+    assert json.loads((tmp_path / "run.json").read_text())["histories"] == histories
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_demo_learning_rates_are_shared_by_torch_twins() -> None:
+    assert default_lr(torch.optim.Adam) == 0.01 and default_lr(torch.optim.SGD) == 0.3
+    assert default_lr(torch.optim.NAdam) == 2e-3  # torch's own default
 
 
 @pytest.mark.parametrize(
@@ -48,23 +60,61 @@ def test_regression_dataset_one_learning_rate_and_dispatch(tmp_path: Path,
     [
         (["--lr", "-1"], "argument --lr: must be a finite number > 0, got -1"),
         (["--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
-        (["--optimizer", "adamm"], "argument --optimizer: unknown optimizer 'adamm'"),
-        (["--optimizer", "torch.nope"], "argument --optimizer: unknown optimizer 'torch.nope'"),
-        (["--optimizer", "torch.sparseadam"],
-         "argument --optimizer: unknown optimizer 'torch.sparseadam'"),
-        (["--optimizer", "torch.muon"], "argument --optimizer: unknown optimizer 'torch.muon'"),
+        (["--optimizers", "adamm"], "argument --optimizers/--optimizer: unknown optimizer 'adamm'"),
+        (["--optimizers", "torch.optim.nope"], "unknown optimizer 'torch.optim.nope'"),
+        (["--optimizers", "torch.optim.SparseAdam"],
+         "torch.optim.SparseAdam steps sparse gradients only"),
+        (["--optimizers", "torch.optim.muon"], "torch.optim.Muon steps 2-D parameters only"),
         (["--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
         (["--dataset", "cora"], "argument --dataset: invalid choice: 'cora'"),
         (["--dropout", "1.5"], "argument --dropout: must be < 1, got 1.5"),
-        (["--device", "tpu"], "argument --device: device must be 'auto', 'cpu', 'cuda'"),
+        (["--device", "tpu"], "argument --device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["--seed", str(2**64)], "argument --seed: must be an integer in [0, 4294967295]"),
+        (["--out", "/proc/torchopt-edu-test"], "argument --out: cannot write into /proc/"),
     ],
 )
-def test_bad_arguments_exit_2_naming_the_argument(argv: list[str], message: str,
+def test_bad_arguments_exit_2_naming_the_argument(argv: list[str], message: str, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--out", "unused"])
+        main(["--out", str(tmp_path / "out"), *argv])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.err.count("\n") == 1
+    assert captured.out == ""
+
+
+def test_bad_out_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained before checking the outputs")
+
+    monkeypatch.setattr(gnn_cli, "compare_optimizers", no_training)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for flag, out, message in [("--out", blocker, "exists and is not a folder"),
+                               ("--out", blocker / "sub", "Not a directory"),
+                               ("--json", tmp_path, "is a folder, not a file"),
+                               ("--json", blocker / "r.json", "file exists and is not a folder")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--dataset", "karate", "--optimizers", "adam", "--epochs", "1",
+                  "--out", str(tmp_path / "ok"), flag, str(out)])
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert f"argument {flag}:" in captured.err and message in captured.err
+        assert captured.out == ""  # nothing trained or printed
+
+
+def test_plot_names_identical_runs(tmp_path: Path) -> None:
+    from torchopt_edu.gnn.train import History
+
+    same = History("classification", "val_loss", [1.0, 0.5], {"val_acc": [0.5, 0.7]})
+    other = History("classification", "val_loss", [1.0, 0.9], {"val_acc": [0.5, 0.6]})
+    figure = plot_histories({"adam": same, "torch.optim.Adam": same, "sgd": other})
+    labels = [line.get_label() for line in figure.axes[1].get_lines()]
+    assert labels == ["adam", "torch.optim.Adam (identical to adam)", "sgd"]
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
 
 
 def test_benchmark_returns_comparable_results() -> None:
@@ -80,26 +130,15 @@ def test_benchmark_returns_comparable_results() -> None:
     assert results["ratio_vs_torch_fused"] == epoch[bench.OURS] / epoch[bench.TORCH_FUSED]
 
 
-def test_benchmark_main_quick(capsys: pytest.CaptureFixture) -> None:
-    assert bench.main(["--quick", "--repeats", "1", "--warmup", "0", "--device", "cpu"]) == 0
+def test_benchmark_main_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "gnn.json"
+    argv = ["gnn-bench", "--quick", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+            "--json", str(out)]
+    assert torchopt_edu_main(argv) == 0
     printed = capsys.readouterr().out
     assert "2,000 nodes, 20,000 edges" in printed and "ratio ours / torch fused" in printed
+    assert json.loads(out.read_text())["num_nodes"] == 2000
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(["--repeats", "0"])
+        gnn_bench.main(["--repeats", "0"])
     assert exit_info.value.code == 2
-    assert "argument --repeats: must be >= 1, got 0" in capsys.readouterr().err
-
-
-def test_bad_out_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture
-                                            ) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    for out, message in [(blocker, "exists and is not a directory"),
-                         (blocker / "sub", "is not a directory")]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(["--dataset", "karate", "--optimizer", "adam", "--epochs", "1", "--quiet",
-                  "--no-plot", "--out", str(out)])
-        assert exit_info.value.code == 2
-        captured = capsys.readouterr()
-        assert "argument --out:" in captured.err and message in captured.err
-        assert captured.out == ""  # nothing trained or printed
+    assert "argument --repeats: must be an integer >= 1, got 0" in capsys.readouterr().err

@@ -1,12 +1,14 @@
 """``torchopt-edu tune``: runs, resumes, saves plots, retrains the best digits configuration."""
 
+import json
 import re
 
 import optuna
 import pytest
 import torch
 
-from torchopt_edu.tuning.cli import main
+from torchopt_edu.cli.tune import main
+from torchopt_edu.tuning import plot_history, plot_importance
 
 
 @pytest.fixture
@@ -20,8 +22,8 @@ def one_thread():
 
 def test_quadratic_run_prints_the_best_trial_saves_plots_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--task", "quadratic", "--optimizers", "sgd,torch.optim.SGD", "--out", str(out)]
-    assert main([*args, "--n-trials", "6", "--no-progress"]) == 0
+    args = ["--task", "quadratic", "--optimizers", "sgd", "torch.optim.sgd", "--out", str(out)]
+    assert main([*args, "--n-trials", "6", "--no-progress", "--json", str(out / "best.json")]) == 0
     printed = capsys.readouterr().out
     assert f"study 'quadratic' in {out / 'study.db'}: 6 trials" in printed
     best = re.search(r"best trial #(\d+): (\S+)", printed)
@@ -31,6 +33,9 @@ def test_quadratic_run_prints_the_best_trial_saves_plots_and_resumes(tmp_path, c
     assert re.search(r"optimizer: (sgd|torch\.optim\.SGD)  lr=\S+ momentum=\S+", printed)
     for name in ("history.png", "importance.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "best.json").read_text())
+    assert saved["best_trial"] == study.best_trial.number and saved["trials"] == 6
+    assert saved["objective"] == "loss after 5 steps"
 
     assert main([*args, "--n-trials", "9", "--no-plots"]) == 0  # same study, larger budget
     assert "9 trials" in capsys.readouterr().out
@@ -54,10 +59,11 @@ def test_digits_run_retrains_the_best_configuration(tmp_path, capsys, one_thread
     [
         (["--n-trials", "0"], r"argument --n-trials: must be an integer >= 1, got 0"),
         (["--epochs", "x"], r"argument --epochs: expected an integer, got 'x'"),
-        (["--optimizers", "adam,adamm"], r"unknown optimizer 'adamm'"),
+        (["--optimizers", "adam,adamm"], r"argument --optimizers: unknown optimizer 'adamm'"),
+        (["--optimizers", "torch.optim.LBFGS"], r"torch.optim.LBFGS needs a closure"),
         (["--schedules", "cosinus"], r"unknown schedule 'cosinus'"),
         (["--pruner", "medain"], r"argument --pruner: invalid choice: 'medain'"),
-        (["--seed", "-1"], r"argument --seed: must be an integer in \[0, 2147483647\], got -1"),
+        (["--seed", "-1"], r"argument --seed: must be an integer in \[0, 4294967295\], got -1"),
         (["--storage", "nosuchdb://host/db"], r"argument --storage: cannot open 'nosuchdb://"),
     ],
 )
@@ -65,7 +71,8 @@ def test_bad_arguments_exit_2_naming_the_argument(tmp_path, capsys, args, messag
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--out", str(tmp_path)])
     assert exit_.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1
     assert not (tmp_path / "study.db").exists()
 
 
@@ -74,7 +81,7 @@ def test_out_under_a_file_exits_2_naming_out(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--task", "quadratic", "--out", str(tmp_path / "file" / "run")])
     assert exit_.value.code == 2
-    assert "argument --out: cannot create the folder" in capsys.readouterr().err
+    assert "argument --out: cannot write into" in capsys.readouterr().err
 
 
 def test_another_search_space_in_the_same_study_exits_2_before_any_trial(tmp_path, capsys):
@@ -85,17 +92,40 @@ def test_another_search_space_in_the_same_study_exits_2_before_any_trial(tmp_pat
         main([*args, "--optimizers", "adam", "--n-trials", "4"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --study-name: study 'quadratic' in storage" in err
-    assert "another search space" in err
+    # --study-name was not passed: the message does not blame it, it says how to use it
+    assert err.startswith("torchopt-edu tune: error: study 'quadratic' in storage")
+    assert "another search space; start a new study with --study-name NAME (the default " in err
+    assert "argument --study-name" not in err and err.count("\n") == 1
     study = optuna.load_study(study_name="quadratic", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert len(study.trials) == 2
 
 
-def test_no_completed_trial_exits_1_with_a_one_line_error(tmp_path, capsys):
-    # L-BFGS needs a closure, which the quadratic task does not pass: every trial fails.
-    args = ["--task", "quadratic", "--optimizers", "torch.optim.LBFGS", "--n-trials", "2"]
+def test_no_completed_trial_exits_1_with_a_one_line_error(tmp_path, capsys, monkeypatch):
+    def failing_task(steps):
+        def train(config, report):
+            raise RuntimeError("diverged")
+
+        return train
+
+    monkeypatch.setattr("torchopt_edu.tuning.tasks.quadratic_task", failing_task)
+    args = ["--task", "quadratic", "--optimizers", "sgd", "--n-trials", "2"]
     assert main([*args, "--out", str(tmp_path), "--no-progress"]) == 1
     captured = capsys.readouterr()
     assert captured.err.startswith("error: study 'quadratic' has no completed trial (2 trials;")
     assert captured.err.count("error: study") == 1 and "Traceback" not in captured.err
     assert not (tmp_path / "history.png").exists()
+
+
+def test_plots_name_the_objective(tmp_path):
+    study = optuna.create_study()
+    for value in (3.0, 1.0, 2.0):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": value}, distributions={"lr": optuna.distributions.FloatDistribution(
+                0.5, 4.0)}, value=value))
+    import matplotlib.pyplot as plt
+
+    history = plot_history(study, "validation cross-entropy")
+    assert history.get_ylabel() == "validation cross-entropy"
+    importance = plot_importance(study, "validation cross-entropy")
+    assert importance.get_title(loc="left").endswith("for the validation cross-entropy")
+    plt.close("all")

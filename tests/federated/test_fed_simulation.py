@@ -1,10 +1,7 @@
-"""The simulation on digits: stated accuracy, reproducibility, sampling, rejected clients, files."""
+"""The simulation on digits: stated accuracy, reproducibility, sampling, rejected clients."""
 
 import copy
-import csv
 import functools
-import json
-import math
 
 import numpy as np
 import pytest
@@ -23,7 +20,6 @@ from torchopt_edu.federated import (
     iid_partition,
     load_digits_split,
     make_clients,
-    save_history,
 )
 from torchopt_edu.federated.simulation import client_seed, sample_clients
 from torchopt_edu.optim import SGD
@@ -150,34 +146,6 @@ def test_skip_mode_averages_the_other_clients_and_records_the_rejection(digits):
     expected = fed_avg([r.state for r in good], [r.num_samples for r in good])
     for name, tensor in expected.items():
         assert torch.equal(model.state_dict()[name], tensor)
-
-
-def test_history_is_saved_as_csv_and_json(digits, tmp_path):
-    y_train = digits[1]
-    history = _simulation(digits, iid_partition(len(y_train), 4), FedAvg()).run(2, progress=False)
-    csv_path, json_path = save_history(history, tmp_path / "out")
-    assert json.loads(json_path.read_text()) == history
-    rows = list(csv.DictReader(csv_path.open()))
-    assert [int(row["round"]) for row in rows] == [1, 2]
-    assert float(rows[1]["test_accuracy"]) == history[1]["test_accuracy"]
-
-
-def test_a_round_with_every_update_rejected_is_saved_as_strict_json(digits, tmp_path):
-    clients = _with_diverging_client(digits)[1:2]
-    clients[0].cid = 0
-    train = LocalTraining(functools.partial(SGD, lr=0.1), epochs=1, batch_size=10)
-    simulation = Simulation(MLP(), clients, FedAvg(), train, fraction=1.0, on_invalid="skip")
-    with pytest.warns(RuntimeWarning, match="rejected update: client 0"):
-        record = simulation.run_round()
-    assert record["samples"] == 0 and math.isnan(record["train_loss"])
-    csv_path, json_path = save_history(simulation.history, tmp_path)
-
-    def refuse(constant):
-        raise ValueError(f"not JSON: {constant}")
-
-    saved = json.loads(json_path.read_text(), parse_constant=refuse)
-    assert saved[0]["train_loss"] is None and saved[0]["rejected"] == [0]
-    assert next(csv.DictReader(csv_path.open()))["train_loss"] == "nan"
 
 
 @pytest.mark.parametrize(

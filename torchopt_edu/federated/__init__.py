@@ -16,7 +16,8 @@ A few lines compose a run::
 
 Modules: ``aggregate`` (pure averaging and update checks), ``client`` (local training),
 ``strategy`` (how the server updates the global model), ``partition`` (who holds what),
-``simulation`` (the rounds), ``distributed`` (the same rounds over torch.distributed workers).
+``simulation`` (the rounds), ``plot`` (accuracy curves), ``distributed`` (the same rounds over
+torch.distributed workers).
 """
 
 from torchopt_edu.federated.aggregate import (
@@ -39,12 +40,8 @@ from torchopt_edu.federated.partition import (
     quantity_skew_partition,
     shard_partition,
 )
-from torchopt_edu.federated.simulation import (
-    Simulation,
-    evaluate,
-    plot_history,
-    save_history,
-)
+from torchopt_edu.federated.plot import plot_history
+from torchopt_edu.federated.simulation import Simulation, evaluate
 from torchopt_edu.federated.strategy import (
     STRATEGIES,
     FedAdagrad,
@@ -81,7 +78,6 @@ __all__ = [
     "Simulation",
     "evaluate",
     "plot_history",
-    "save_history",
     "STRATEGIES",
     "FedAdagrad",
     "FedAdam",

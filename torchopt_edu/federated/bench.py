@@ -12,20 +12,18 @@ setting), after ``warmup`` rounds that are not timed. It reports
   framework: sampling, seeding, loading the global weights, copying the results, checking
   them, averaging and the server step. Target: under 10%.
 
-Times are wall-clock; on a busy machine, run it twice.
+Times are wall-clock; on a busy machine, run it twice. The command line is
+:mod:`torchopt_edu.cli.federated_bench`.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 from typing import Any
 
 import torch
 
-from torchopt_edu import _argtypes
-from torchopt_edu.federated.cli import available_device
 from torchopt_edu.federated.client import LocalTraining, make_clients
 from torchopt_edu.federated.data import MLP, load_digits_split
 from torchopt_edu.federated.partition import iid_partition
@@ -95,29 +93,7 @@ def format_result(result: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m torchopt_edu.federated.bench [--clients N] [--fraction C] ...``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m torchopt_edu.federated.bench", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--clients", type=_argtypes.positive_int, default=100)
-    parser.add_argument("--fraction", type=_argtypes.fraction, default=0.1)
-    parser.add_argument("--rounds", type=_argtypes.positive_int, default=20)
-    parser.add_argument("--local-epochs", type=_argtypes.positive_int, default=5)
-    parser.add_argument("--batch-size", type=_argtypes.positive_int, default=10)
-    parser.add_argument("--device", type=available_device, default="cpu", help="cpu, cuda, cuda:N")
-    args = parser.parse_args(argv)
-    result = run_benchmark(
-        args.clients,
-        args.fraction,
-        args.rounds,
-        args.local_epochs,
-        args.batch_size,
-        device=args.device,
-    )
-    print(format_result(result))
-    return 0
-
-
 if __name__ == "__main__":
+    from torchopt_edu.cli.federated_bench import main
+
     raise SystemExit(main())

@@ -12,21 +12,20 @@ order) so that drifts in machine load hit all three alike; the first ``warmup`` 
 are discarded and the median epoch time of the rest is reported, with the ratios
 ``ours / torch``. In GCN training the optimizer step is a small part of an epoch
 (message passing over E edges dominates), so a ratio near 1 is expected; above 1.05
-would mean our step adds measurable overhead. ``--quick`` runs a small graph (smoke test).
+would mean our step adds measurable overhead. ``--quick`` runs a small graph (smoke test);
+the command line is :mod:`torchopt_edu.cli.gnn_bench`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 
 import torch
 
-from torchopt_edu.gnn.data import random_regression_graph, resolve_device, seeded, to_device
+from torchopt_edu.gnn.data import random_regression_graph, seeded, to_device
 from torchopt_edu.gnn.model import GCN, count_parameters
 from torchopt_edu.gnn.train import OptimizerFactory, train_step
 from torchopt_edu.optim import Adam
@@ -133,31 +132,7 @@ def format_results(results: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m torchopt_edu.gnn.bench [--quick] [--device D] [--repeats N]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m torchopt_edu.gnn.bench",
-        description="Time one GCN training epoch with our Adam and torch.optim.Adam.",
-    )
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small graph {QUICK_SIZE} instead of {FULL_SIZE}")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (default 7)")
-    parser.add_argument("--warmup", type=int, default=2, help="discarded rounds (default 2)")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"argument --repeats: must be >= 1, got {args.repeats}")
-    if args.warmup < 0:
-        parser.error(f"argument --warmup: must be >= 0, got {args.warmup}")
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        parser.error(f"argument --device: {error}")
-    size = QUICK_SIZE if args.quick else FULL_SIZE
-    results = benchmark_epoch(**size, repeats=args.repeats, warmup=args.warmup, device=device)
-    print(format_results(results))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from torchopt_edu.cli.gnn_bench import main
+
+    raise SystemExit(main())

@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from torchopt_edu._plotting import legend_labels, line_style
 from torchopt_edu.gnn.train import History
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def plot_histories(
-    histories: Mapping[str, History], path: str | Path | None = None, title: str = ""
-) -> Figure:
+def plot_histories(histories: Mapping[str, History], title: str = "") -> Figure:
     """Plot each run's training loss (left, log scale) and validation metric (right).
 
     The right panel shows the validation accuracy for classification, the validation loss
     for regression, or the eval-mode training loss when the graph has no validation mask.
+    Each run has its own line style and marker, so identical runs (``adam`` and
+    ``torch.optim.Adam``) stay visible, and the legend names them ``(identical to X)``.
 
     Args:
         histories: run name -> :class:`~torchopt_edu.gnn.train.History`.
-        path: if given, save the figure there (PNG, 80 dpi).
         title: figure title.
 
     Returns:
-        The matplotlib figure.
+        The matplotlib figure (save it with ``figure.savefig(path)``).
     """
     if not histories:
         raise ValueError("histories is empty; nothing to plot")
@@ -35,10 +34,13 @@ def plot_histories(
     except ImportError as error:
         raise ImportError("plotting needs matplotlib: pip install torchopt-edu[viz]") from error
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=80)
-    for name, history in histories.items():
-        ax_loss.plot(history.loss, label=name)
-        metric = _right_metric(history)
-        ax_metric.plot(history.metrics[metric], label=name)
+    metric = _right_metric(next(iter(histories.values())))
+    labels = legend_labels({name: [*history.loss, *history.metrics[metric]]
+                            for name, history in histories.items()})
+    for index, (name, history) in enumerate(histories.items()):
+        style = line_style(index, len(history.loss))
+        ax_loss.plot(history.loss, label=labels[name], **style)
+        ax_metric.plot(history.metrics[metric], label=labels[name], **style)
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log")
     ax_metric.set(xlabel="epoch", ylabel=metric.replace("_", " "))
     if metric.endswith("loss"):
@@ -46,8 +48,6 @@ def plot_histories(
     ax_metric.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=80)
     return fig
 
 
