@@ -30,6 +30,26 @@ def test_fed_avg_of_identical_states_is_exact_and_a_new_tensor():
     assert result["w"].data_ptr() != state["w"].data_ptr()
 
 
+@pytest.mark.parametrize("weight", [1, 7, 1e-300, 1e300, 0.3])
+def test_fed_avg_of_one_client_is_that_client_exactly(weight):
+    generator = torch.Generator().manual_seed(2)
+    state = {
+        "w": torch.randn(4, 3, generator=generator, dtype=torch.float64),
+        "half": torch.randn(5, generator=generator).to(torch.bfloat16),
+        "z": torch.randn(2, generator=generator, dtype=torch.complex64),
+        "count": torch.tensor(11),
+        "mask": torch.tensor([True, False]),
+    }
+    result = fed_avg([state], [weight], clients=["only"])
+    assert set(result) == set(state)
+    for name, tensor in state.items():
+        assert result[name].dtype == tensor.dtype, name
+        assert torch.equal(result[name], tensor), name
+        assert result[name].data_ptr() != tensor.data_ptr(), name
+    with pytest.raises(ValueError, match="at least one client needs weight > 0"):
+        fed_avg([state], [0])
+
+
 def test_fed_avg_accumulates_in_float64():
     # bfloat16 has 8 significant bits: 256 + 1 rounds back to 256, so a bfloat16 running sum
     # of one 256 and 255 ones stays at 256 (mean 1.0); the float64 mean 511/256 rounds to 2.0

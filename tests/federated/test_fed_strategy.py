@@ -121,53 +121,126 @@ def _two_rounds(strategy, seed=3):
     return model, gradients, start
 
 
-def test_fedadam_rounds_equal_adam_by_hand_and_keep_state_across_rounds():
-    lr, (beta1, beta2), tau = 0.05, (0.9, 0.99), 1e-3
-    model, gradients, start = _two_rounds(FedAdam(lr=lr, betas=(beta1, beta2), tau=tau))
+def _adam_by_hand(w, gradients, lr, betas, tau):
+    beta1, beta2 = betas
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    for t, delta in enumerate(gradients, start=1):  # Delta = w^t - w_avg
+        m = beta1 * m + (1 - beta1) * delta
+        v = beta2 * v + (1 - beta2) * delta**2
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+        w = w - lr * m_hat / (v_hat.sqrt() + tau)
+    return w
+
+
+def _yogi_by_hand(w, gradients, lr, betas, tau):
+    beta1, beta2 = betas
+    m, v = torch.zeros_like(w), torch.full_like(w, tau**2)
+    for t, delta in enumerate(gradients, start=1):
+        m = beta1 * m + (1 - beta1) * delta
+        v = v - (1 - beta2) * torch.sign(v - delta**2) * delta**2
+        w = w - lr / (1 - beta1**t) * m / (v.sqrt() / math.sqrt(1 - beta2**t) + tau)
+    return w
+
+
+def _adagrad_by_hand(w, gradients, lr, tau):
+    v = torch.full_like(w, tau**2)
+    for delta in gradients:
+        v = v + delta**2
+        w = w - lr * delta / (v.sqrt() + tau)
+    return w
+
+
+def _momentum_by_hand(w, gradients, lr, momentum):
+    velocity = torch.zeros_like(w)
+    for delta in gradients:
+        velocity = momentum * velocity + delta
+        w = w - lr * velocity
+    return w
+
+
+def _check_two_rounds(strategy, by_hand, **hyper_parameters):
+    model, gradients, start = _two_rounds(strategy)
     for name, w in start.items():
-        w, m, v = w.clone(), torch.zeros_like(w), torch.zeros_like(w)
-        for t, grads in enumerate(gradients, start=1):
-            delta = grads[name]  # Delta = w^t - w_avg
-            m = beta1 * m + (1 - beta1) * delta
-            v = beta2 * v + (1 - beta2) * delta**2
-            m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
-            w = w - lr * m_hat / (v_hat.sqrt() + tau)
-        torch.testing.assert_close(model.state_dict()[name], w, rtol=0, atol=1e-12)
+        expected = by_hand(w.clone(), [g[name] for g in gradients], **hyper_parameters)
+        torch.testing.assert_close(model.state_dict()[name], expected, rtol=0, atol=1e-12)
+
+
+def test_fedadam_rounds_equal_adam_by_hand_and_keep_state_across_rounds():
+    _check_two_rounds(FedAdam(lr=0.05, betas=(0.8, 0.95), tau=1e-2), _adam_by_hand,
+                      lr=0.05, betas=(0.8, 0.95), tau=1e-2)
 
 
 def test_fedyogi_rounds_equal_yogi_by_hand():
-    lr, (beta1, beta2), tau = 0.05, (0.9, 0.99), 1e-3
-    model, gradients, start = _two_rounds(FedYogi(lr=lr, betas=(beta1, beta2), tau=tau))
-    for name, w in start.items():
-        w, m, v = w.clone(), torch.zeros_like(w), torch.full_like(w, tau**2)
-        for t, grads in enumerate(gradients, start=1):
-            delta = grads[name]
-            m = beta1 * m + (1 - beta1) * delta
-            v = v - (1 - beta2) * torch.sign(v - delta**2) * delta**2
-            w = w - lr / (1 - beta1**t) * m / (v.sqrt() / math.sqrt(1 - beta2**t) + tau)
-        torch.testing.assert_close(model.state_dict()[name], w, rtol=0, atol=1e-12)
+    _check_two_rounds(FedYogi(lr=0.05, betas=(0.8, 0.95), tau=1e-2), _yogi_by_hand,
+                      lr=0.05, betas=(0.8, 0.95), tau=1e-2)
 
 
 def test_fedadagrad_rounds_equal_adagrad_by_hand():
-    lr, tau = 0.05, 1e-3
-    model, gradients, start = _two_rounds(FedAdagrad(lr=lr, tau=tau))
-    for name, w in start.items():
-        w, v = w.clone(), torch.full_like(w, tau**2)
-        for grads in gradients:
-            v = v + grads[name] ** 2
-            w = w - lr * grads[name] / (v.sqrt() + tau)
-        torch.testing.assert_close(model.state_dict()[name], w, rtol=0, atol=1e-12)
+    _check_two_rounds(FedAdagrad(lr=0.05, tau=1e-2), _adagrad_by_hand, lr=0.05, tau=1e-2)
 
 
 def test_fedavgm_rounds_equal_server_momentum_by_hand():
-    lr, beta = 0.8, 0.9
-    model, gradients, start = _two_rounds(FedAvgM(lr=lr, momentum=beta))
-    for name, w in start.items():
-        w, velocity = w.clone(), torch.zeros_like(w)
-        for grads in gradients:
-            velocity = beta * velocity + grads[name]
-            w = w - lr * velocity
-        torch.testing.assert_close(model.state_dict()[name], w, rtol=0, atol=1e-12)
+    _check_two_rounds(FedAvgM(lr=0.8, momentum=0.5), _momentum_by_hand, lr=0.8, momentum=0.5)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "by_hand", "defaults"),
+    [
+        (FedAvgM, _momentum_by_hand, {"lr": 1.0, "momentum": 0.9}),
+        (FedAdagrad, _adagrad_by_hand, {"lr": 0.1, "tau": 1e-3}),
+        (FedAdam, _adam_by_hand, {"lr": 0.03, "betas": (0.9, 0.99), "tau": 1e-3}),
+        (FedYogi, _yogi_by_hand, {"lr": 0.03, "betas": (0.9, 0.99), "tau": 1e-3}),
+    ],
+    ids=["FedAvgM", "FedAdagrad", "FedAdam", "FedYogi"],
+)
+def test_default_hyper_parameters_are_the_documented_ones(strategy, by_hand, defaults):
+    _check_two_rounds(strategy(), by_hand, **defaults)
+
+
+def test_fedprox_and_fedavg_defaults():
+    train = LocalTraining(functools.partial(SGD, lr=0.1))
+    assert FedProx().configure_fit(train).proximal_mu == 0.01
+    assert FedAvg().configure_fit(train) is train
+    assert repr(FedAvg()) == "FedAvg()" and repr(FedProx()) == "FedProx(mu=0.01)"
+    model, _, _ = _two_rounds(FedProx())  # the server side of FedProx is FedAvg's
+    reference, _, _ = _two_rounds(FedAvg())
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor)
+
+
+class _TiedLinear(nn.Module):
+    """One weight matrix used twice (encoder and transposed decoder), as in tied embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = nn.Linear(4, 3, bias=False).double()
+        self.decoder = nn.Linear(3, 4, bias=True).double()
+        self.decoder.weight = self.encoder.weight  # the same Parameter under two names
+        self.register_buffer("scale", torch.ones(2, dtype=torch.float64))
+
+
+def test_fedopt_steps_a_tied_parameter_once_and_keeps_the_tie():
+    model = _TiedLinear()
+    assert set(model.state_dict()) == {"encoder.weight", "decoder.weight", "decoder.bias", "scale"}
+    start = {name: t.clone() for name, t in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(4)
+    results = []
+    for k, n in enumerate((3, 1)):
+        state = {name: t + torch.randn(t.shape, generator=generator, dtype=t.dtype)
+                 for name, t in start.items()}
+        state["decoder.weight"] = state["encoder.weight"]  # the clients' models are tied too
+        results.append(ClientResult(k, state, n))
+    average = {name: (3 * results[0].state[name] + results[1].state[name]) / 4 for name in start}
+
+    FedAvgM(lr=0.5, momentum=0.0).aggregate_fit(model, results)
+
+    expected = start["encoder.weight"] - 0.5 * (start["encoder.weight"] - average["encoder.weight"])
+    torch.testing.assert_close(model.encoder.weight.detach(), expected, rtol=0, atol=1e-15)
+    assert model.decoder.weight is model.encoder.weight
+    expected_bias = start["decoder.bias"] - 0.5 * (start["decoder.bias"] - average["decoder.bias"])
+    torch.testing.assert_close(model.decoder.bias.detach(), expected_bias, rtol=0, atol=1e-15)
+    torch.testing.assert_close(model.scale, average["scale"], rtol=0, atol=1e-15)  # a buffer
 
 
 def test_fedopt_with_sgd_lr_1_is_fedavg_and_torch_optim_works_as_server_optimizer():

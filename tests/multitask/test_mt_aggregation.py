@@ -193,3 +193,95 @@ def test_aggregators_reject_bad_gradients():
         cagrad(torch.ones(2, 3), c=-0.1)
     with pytest.raises(TypeError, match="got list"):
         mean_gradient([[1.0, 2.0]])
+
+
+# --- an independent reference: SciPy's SLSQP on the same simplex problems ---------------------
+
+
+def _slsqp_on_simplex(objective, gradient, num_tasks):
+    """``argmin`` of a smooth convex function on the simplex, by SciPy's SLSQP (a generic QP/NLP
+    solver, sharing no code with ours), started from the centre."""
+    from scipy.optimize import minimize
+
+    result = minimize(
+        objective,
+        torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64).numpy(),
+        jac=gradient,
+        bounds=[(0.0, 1.0)] * num_tasks,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: w * 0 + 1}],
+        method="SLSQP",
+        options={"ftol": 1e-16, "maxiter": 2000},
+    )
+    assert result.success, result.message
+    return torch.from_numpy(result.x)
+
+
+def _reference_min_norm(grads):
+    gram = (grads @ grads.T).numpy()
+    gram = gram / gram.diagonal().max()  # the same minimiser at unit scale
+    return _slsqp_on_simplex(lambda w: w @ gram @ w, lambda w: 2 * gram @ w, len(gram))
+
+
+def _reference_cagrad(grads, c):
+    gram = (grads @ grads.T).numpy()
+    gram = gram / gram.diagonal().max()
+    mean_gram, radius = gram.mean(1), c * math.sqrt(gram.mean())
+
+    def objective(w):  # <g_w, g_0> + c ||g_0|| ||g_w||
+        return w @ mean_gram + radius * math.sqrt(w @ gram @ w)
+
+    def gradient(w):
+        return mean_gram + radius * gram @ w / math.sqrt(w @ gram @ w)
+
+    return _slsqp_on_simplex(objective, gradient, len(gram))
+
+
+def _conflicting_gradients(num_tasks, seed, dim=20):
+    """Random task gradients with a shared component and conflicts: interior and boundary
+    solutions both occur."""
+    generator = torch.Generator().manual_seed(seed)
+    grads = torch.randn(num_tasks, dim, dtype=torch.float64, generator=generator)
+    return grads + 0.5 * torch.randn(dim, dtype=torch.float64, generator=generator)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-9, 1e6])
+@pytest.mark.parametrize("num_tasks", [3, 5, 8])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_min_norm_weights_and_mgda_match_an_independent_solver(num_tasks, seed, scale):
+    grads = _conflicting_gradients(num_tasks, seed)
+    expected = _reference_min_norm(grads)
+    weights = min_norm_weights(grads * scale)
+    torch.testing.assert_close(weights, expected, atol=1e-6, rtol=0)
+    assert float(weights.sum()) == pytest.approx(1.0, abs=1e-12) and bool((weights >= 0).all())
+    # The direction itself, relative to the gradients' scale.
+    torch.testing.assert_close(mgda(grads * scale) / scale, expected @ grads, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-9])
+@pytest.mark.parametrize("num_tasks", [3, 5, 8])
+@pytest.mark.parametrize("c", [0.2, 0.5, 2.0])
+def test_cagrad_weights_and_direction_match_an_independent_solver(num_tasks, c, scale):
+    grads = _conflicting_gradients(num_tasks, seed=num_tasks)
+    expected = _reference_cagrad(grads, c)
+    weights = cagrad_weights(grads * scale, c)
+    torch.testing.assert_close(weights, expected, atol=1e-5, rtol=0)
+    mean = grads.mean(0)
+    combined = expected @ grads
+    direction = (mean + c * mean.norm() / combined.norm() * combined) / (1 + c**2)
+    torch.testing.assert_close(cagrad(grads * scale, c) / scale, direction, atol=1e-5, rtol=1e-5)
+    unscaled = mean + c * mean.norm() / combined.norm() * combined
+    torch.testing.assert_close(
+        cagrad(grads * scale, c, rescale=False) / scale, unscaled, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_float32_gradients_near_1e_minus_9_give_the_float64_answer():
+    grads = _conflicting_gradients(5, seed=3)
+    small = (grads * 1e-9).to(torch.float32)
+    torch.testing.assert_close(
+        min_norm_weights(small), _reference_min_norm(small.double()), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        cagrad_weights(small, 0.5), _reference_cagrad(small.double(), 0.5), atol=1e-4, rtol=0
+    )
+    assert mgda(small).dtype == torch.float32 and cagrad(small).dtype == torch.float32

@@ -204,7 +204,9 @@ def fed_avg(
         accumulated in float64 and cast back; integer buffers are rounded (see
         :func:`average`). The weights are first scaled by a power of two
         (:func:`scale_weights`), which leaves the result unchanged but keeps huge weights
-        (``[1e308, 1e308]``) from overflowing.
+        (``[1e308, 1e308]``) from overflowing. A single client's state comes back unchanged to
+        the last bit (a copy), as ``w_avg = w_1`` says, where ``(n w_1) / n`` could be one
+        rounding off.
 
     Raises:
         InvalidUpdateError: (a ``ValueError``) a state whose keys, shapes or dtypes differ from
@@ -223,4 +225,7 @@ def fed_avg(
         raise ValueError(f"got {len(states)} states but {len(clients)} client names")
     _check_weights(weights, clients)  # name the client of a bad weight before scaling
     sums, total = weighted_sum(states, scale_weights(weights), states[0], clients)
-    return average(sums, total, states[0])
+    averaged = average(sums, total, states[0])  # also checks the weight of a lone client
+    if len(states) == 1:
+        return {name: tensor.clone() for name, tensor in states[0].items()}
+    return averaged
