@@ -196,6 +196,52 @@ def test_one_cycle_accepts_epochs_times_steps_per_epoch():
     assert scheduler.total_steps == 21
 
 
+@pytest.mark.parametrize("pct_start", [0.0, 0.5 / 40])
+def test_one_cycle_with_an_empty_first_phase_matches_torch(pct_start):
+    """pct_start * T < 1: the rise ends before step 0; torch starts down from the peak."""
+    optimizer, reference = make_optimizer("ours.SGD"), make_optimizer("torch.SGD")
+    ours_schedule = OneCycleLR(optimizer, [0.4, 0.1], total_steps=40, pct_start=pct_start)
+    torch_schedule = torch_sched.OneCycleLR(
+        reference, [0.4, 0.1], total_steps=40, pct_start=pct_start
+    )
+    assert_curve_close(
+        lr_curve(optimizer, ours_schedule, 40), lr_curve(reference, torch_schedule, 40)
+    )
+
+
+@pytest.mark.parametrize("three_phase", [False, True])
+def test_one_cycle_whose_rise_is_one_step_starts_at_the_peak(three_phase):
+    """pct_start * T = 1: the rise ends at step 0, an empty phase; torch divides 0 by 0 here.
+
+    Steps 0 .. T-1 then anneal (cos) from the peak down to max_lr / div / final_div, or, with
+    three phases, from the peak to the start level at step 2 pct T - 2 = 0 (also empty) and on
+    to the end: both give the same curve, and the momentum mirrors it from base to max."""
+    total, peak, div, final_div = 21, 0.3, 25.0, 1e4
+    optimizer = make_optimizer("ours.SGD")
+    scheduler = OneCycleLR(
+        optimizer, peak, total_steps=total, pct_start=1 / total, div_factor=div,
+        final_div_factor=final_div, three_phase=three_phase,
+    )  # fmt: skip
+    lrs, momentums = [], []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        momentums.append(optimizer.param_groups[0]["momentum"])
+        optimizer.step()
+        scheduler.step()
+    end = peak / div / final_div
+    start = end if not three_phase else peak / div
+    expected = [
+        end + (peak - end) / 2 * (1 + math.cos(math.pi * t / (total - 1))) for t in range(total)
+    ]
+    if three_phase:  # peak -> start in an empty phase at step 0, then start -> end
+        expected = [peak] + [
+            end + (start - end) / 2 * (1 + math.cos(math.pi * t / (total - 1)))
+            for t in range(1, total)
+        ]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert momentums[0] == pytest.approx(0.85) and momentums[-1] == pytest.approx(0.95)
+
+
 # --------------------------------------------------------------------------- ReduceLROnPlateau
 
 
@@ -249,6 +295,18 @@ def test_plateau_never_counts_a_non_finite_metric_as_progress():
     scheduler.step(float("nan"))
     assert scheduler.best == 2.0
     assert scheduler.get_last_lr() == pytest.approx([lr * 0.1 for lr in GROUP_LRS])
+
+
+def test_plateau_counts_its_epochs_in_last_epoch_like_torch():
+    optimizer, reference = make_optimizer("ours.SGD"), make_optimizer("torch.SGD")
+    scheduler = ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
+    torch_scheduler = torch_sched.ReduceLROnPlateau(reference, factor=0.5, patience=1)
+    assert scheduler.last_epoch == torch_scheduler.last_epoch == 0
+    for epoch, metric in enumerate(metric_sequence(12), start=1):
+        scheduler.step(metric)
+        torch_scheduler.step(metric)
+        assert scheduler.last_epoch == torch_scheduler.last_epoch == epoch
+    assert scheduler.state_dict()["last_epoch"] == 12
 
 
 def test_plateau_is_an_lrscheduler_with_per_group_base_lrs():
