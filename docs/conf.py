@@ -77,7 +77,7 @@ myst_substitutions = {"bench_cpu_table": bench_table(ROOT / "docs" / "bench_cpu.
 # Docstrings that do not parse yet, each with the fix its file's owner is asked for. Only their
 # prose is left out, until fixed, so that -W keeps guarding every other docstring.
 BROKEN_DOCSTRINGS = {
-    "torchopt_edu.tuning": "torchopt_edu/tuning/__init__.py:8: the example needs '::' before it",
+    "torchopt_edu.tuning": "tuning/__init__.py:7: end the line before the example with '::'",
 }
 
 
