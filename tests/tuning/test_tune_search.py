@@ -15,6 +15,9 @@ from torchopt_edu.tuning import (
     SearchSpace,
     TrialSeededTPESampler,
     Uniform,
+    best_config,
+    make_pruner,
+    open_storage,
     quadratic_task,
     tune,
 )
@@ -308,3 +311,44 @@ def test_seeds_up_to_max_seed_run_and_the_trial_seeds_wrap_around():
     assert len(set(lr)) == 3
     with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, {MAX_SEED}\]"):
         TrialSeededTPESampler(MAX_SEED + 1)
+
+
+def test_file_storage_runs_sqlite_in_wal_mode_with_heartbeats(tmp_path):
+    import sqlite3
+
+    from torchopt_edu.tuning.study import HEARTBEAT_INTERVAL_S
+
+    path = tmp_path / "new" / "folder" / "study.db"
+    storage = open_storage(path)  # the folder is created
+    assert storage.heartbeat_interval == HEARTBEAT_INTERVAL_S == 60
+    assert storage.grace_period == 2 * HEARTBEAT_INTERVAL_S
+    with storage.engine.connect() as connection:
+        pragma = connection.exec_driver_sql
+        assert pragma("PRAGMA journal_mode").scalar() == "wal"
+        assert pragma("PRAGMA synchronous").scalar() == 1  # NORMAL
+    with sqlite3.connect(path) as other:  # WAL is a property of the file, seen by any reader
+        assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    url_storage = open_storage(f"sqlite:///{tmp_path / 'url.db'}")
+    with url_storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    memory = InMemoryStorage()
+    assert open_storage(memory) is memory
+
+
+def test_pruners_by_name():
+    median = make_pruner("median")
+    assert isinstance(median, optuna.pruners.MedianPruner) and median._n_startup_trials == 5
+    assert isinstance(make_pruner("successive_halving"), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner("hyperband"), optuna.pruners.HyperbandPruner)
+    assert isinstance(make_pruner("none"), optuna.pruners.NopPruner)
+    custom = optuna.pruners.PercentilePruner(25.0)
+    assert make_pruner(custom) is custom
+    with pytest.raises(ValueError, match=r"unknown pruner 'best': use one of \['median'"):
+        make_pruner("best")
+
+
+def test_best_config_of_a_study_without_trials_says_so():
+    study = optuna.create_study(storage=InMemoryStorage(), study_name="empty")
+    with pytest.raises(NoCompletedTrialError, match=r"'empty' has no completed trial \(0 trials; "
+                       r"last error: none recorded\)"):
+        best_config(study)
