@@ -1,8 +1,15 @@
 """Packaging for torchopt-edu: readable PyTorch optimizers as fast as torch.optim."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+# The version lives in one place, torchopt_edu/__init__.py (read, not imported: that needs torch).
+VERSION = re.search(r'^__version__ = "([^"]+)"',
+                    (HERE / "torchopt_edu" / "__init__.py").read_text(encoding="utf-8"), re.M)[1]
+REPOSITORY = "https://github.com/torchopt-edu/torchopt-edu"
 
 EXTRAS = {
     "tune": ["optuna>=3.6"],
@@ -10,6 +17,8 @@ EXTRAS = {
     "data": ["scikit-learn>=1.2"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# Not in "all": a Jupyter front end to open the notebooks (`jupyter lab notebooks/`).
+EXTRAS["notebooks"] = EXTRAS["all"] + ["jupyterlab>=4", "ipykernel>=6"]
 # Not in "all": only for building the documentation site (docs/).
 EXTRAS["docs"] = ["sphinx>=7.2", "myst-nb>=1.1", "furo>=2024.1"]
 EXTRAS["dev"] = EXTRAS["all"] + EXTRAS["docs"] + [
@@ -22,10 +31,18 @@ EXTRAS["dev"] = EXTRAS["all"] + EXTRAS["docs"] + [
 
 setup(
     name="torchopt-edu",
-    version="0.1.0",
+    version=VERSION,
     description="Deep-learning optimizers that read like the math and run as fast as torch.optim",
-    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    author="torchopt-edu contributors",
+    license="MIT",
+    url=REPOSITORY,
+    project_urls={
+        "Source": REPOSITORY,
+        "Issues": f"{REPOSITORY}/issues",
+        "Changelog": f"{REPOSITORY}/blob/main/CHANGELOG.md",
+    },
     python_requires=">=3.10",
     packages=find_packages(include=["torchopt_edu", "torchopt_edu.*"]),
     package_data={"torchopt_edu": ["py.typed"]},
@@ -40,6 +57,11 @@ setup(
     entry_points={"console_scripts": ["torchopt-edu=torchopt_edu.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "License :: OSI Approved :: MIT License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
