@@ -216,3 +216,19 @@ def test_scaling_the_weights_changes_no_bit_of_the_mean():
     weights = [123, 4567, 89]
     sums, total = weighted_sum(states, weights, states[0])
     assert torch.equal(fed_avg(states, weights)["w"], average(sums, total, states[0])["w"])
+
+
+def test_invalid_update_error_keeps_its_fields_through_pickling():
+    import pickle
+
+    error = InvalidUpdateError("phone-7", "layer.bias", "shape (3,) != expected (2,)")
+    assert (error.client, error.tensor, error.problem) == (
+        "phone-7",
+        "layer.bias",
+        "shape (3,) != expected (2,)",
+    )
+    assert str(error) == "client phone-7: tensor 'layer.bias': shape (3,) != expected (2,)"
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is InvalidUpdateError and str(copy) == str(error)
+    assert (copy.client, copy.tensor, copy.problem) == (error.client, error.tensor, error.problem)
+    assert str(InvalidUpdateError(3, None, "keys differ")) == "client 3: keys differ"

@@ -398,3 +398,22 @@ def test_numpy_numbers_are_accepted_as_hyper_parameters():
     assert (train.epochs, train.proximal_mu) == (2, 0.5) and type(train.epochs) is int
     with pytest.raises(TypeError, match="mu must be a real number, got True"):
         FedProx(True)
+
+
+class _Factory:
+    """A server-optimizer factory without a ``__name__`` (an object with ``__call__``)."""
+
+    def __call__(self, params, lr=1.0):
+        return SGD(params, lr=lr)
+
+    def __repr__(self):
+        return "_Factory()"
+
+
+def test_fedopt_repr_names_the_factory_and_its_options():
+    assert repr(FedOpt(functools.partial(Adam, lr=0.02))) == "FedOpt(Adam(lr=0.02))"
+    assert repr(FedOpt(functools.partial(_Factory(), lr=0.5))) == "FedOpt(_Factory()(lr=0.5))"
+    assert repr(FedAvgM()) == "FedAvgM(SGD(lr=1.0, momentum=0.9))"
+    assert repr(FedYogi()) == (
+        "FedYogi(Yogi(lr=0.03, betas=(0.9, 0.99), eps=0.001, initial_accumulator_value=1e-06))"
+    )
