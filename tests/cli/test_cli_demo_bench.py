@@ -121,3 +121,22 @@ def test_bench_maps_optimizer_spellings_to_algorithms():
     args = bench_cli.build_parser().parse_args(
         ["--optimizers", "Adam", "torch.optim.AdamW,momentum", "torch.optim.adagrad"])
     assert args.optimizers == ["adam", "adamw", "momentum", "adagrad"]
+
+
+def test_bench_chart_path_is_checked_before_measuring(tmp_path, capsys, monkeypatch):
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured before checking the outputs")
+
+    monkeypatch.setattr(bench, "update_bandwidth", no_measuring)
+    (tmp_path / "file").write_text("")
+    for argv, message in [
+        (["--plot", str(tmp_path / "file" / "chart.png")], "argument --plot: "),
+        (["--out", str(tmp_path / "file")], "argument --out: "),
+        (["--no-plot", "--plot", str(tmp_path / "chart.png")],
+         "argument --plot: not allowed with --no-plot"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            bench_cli.main(["--quick", *argv])
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == ""

@@ -2,7 +2,7 @@
 
 Measures with :mod:`torchopt_edu.bench`, prints the full table and the summary (Markdown),
 warns about rows too noisy to read, and writes ``--json PATH`` and the bar chart
-``bench.png`` under ``--out`` (unless ``--no-plot``).
+(``bench.png`` under ``--out``, or ``--plot PATH``; none with ``--no-plot``).
 """
 
 from __future__ import annotations
@@ -150,6 +150,8 @@ def build_parser() -> _common.Parser:
     parser.add_argument("--memory-steps", type=_argtypes.positive_int, default=None,
                         help="steps of the memory-growth check (default 1000; quick 50)")
     _common.add_common(parser, out="runs/bench", device="cpu")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PATH",
+                        help="save the bar chart at PATH instead of <out>/bench.png")
     return parser
 
 
@@ -159,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.no_plot:
         _common.require_matplotlib(parser)
-    _common.check_outputs(parser, folders=[("--out", None if args.no_plot else args.out)],
-                          files=[("--json", args.json)])
+    if args.no_plot and args.plot is not None:
+        parser.error("argument --plot: not allowed with --no-plot")
+    chart = None if args.no_plot else (args.plot or Path(args.out) / "bench.png")
+    _common.check_outputs(parser, files=[("--json", args.json),
+                                         ("--plot" if args.plot else "--out", chart)])
     device = args.device
     steps = args.steps if args.steps is not None else (5 if args.quick else 20)
     memory_steps = args.memory_steps if args.memory_steps is not None else (
@@ -195,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             "rows": [dataclasses.asdict(r) for r in rows], "memory": memory,
         })
         print(f"results written to {args.json}")
-    if not args.no_plot:
+    if chart is not None:
         _common.use_agg()
-        path = _common.save_figure(plot(rows), Path(args.out) / "bench.png")
+        path = _common.save_figure(plot(rows), chart)
         print(f"bar chart saved to {path}")
     return 0
