@@ -232,3 +232,15 @@ def test_invalid_update_error_keeps_its_fields_through_pickling():
     assert type(copy) is InvalidUpdateError and str(copy) == str(error)
     assert (copy.client, copy.tensor, copy.problem) == (error.client, error.tensor, error.problem)
     assert str(InvalidUpdateError(3, None, "keys differ")) == "client 3: keys differ"
+
+
+def test_edge_cases_of_the_helpers_are_named_or_empty():
+    assert scale_weights([]) == []
+    assert scale_weights([0, 0]) == [0.0, 0.0]
+    assert scale_weights([3, 1]) == [0.75, 0.25]  # 3 = 0.75 * 2**2
+    with pytest.raises(ValueError, match=r"^fed_avg needs at least one state dict, got none$"):
+        fed_avg([], [])
+    with pytest.raises(ValueError, match=r"^got 2 states but 1 client names$"):
+        fed_avg([GOOD, GOOD], [1, 1], clients=["a"])
+    with pytest.raises(InvalidUpdateError, match=r"^client tablet: keys do not match the model"):
+        check_update({"layer.weight": torch.ones(2, 3)}, GOOD, "tablet")

@@ -245,7 +245,7 @@ def _conflicting_gradients(num_tasks, seed, dim=20):
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-9, 1e6])
-@pytest.mark.parametrize("num_tasks", [3, 5, 8])
+@pytest.mark.parametrize("num_tasks", [2, 3, 5, 8])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_min_norm_weights_and_mgda_match_an_independent_solver(num_tasks, seed, scale):
     grads = _conflicting_gradients(num_tasks, seed)
@@ -285,3 +285,20 @@ def test_float32_gradients_near_1e_minus_9_give_the_float64_answer():
         cagrad_weights(small, 0.5), _reference_cagrad(small.double(), 0.5), atol=1e-4, rtol=0
     )
     assert mgda(small).dtype == torch.float32 and cagrad(small).dtype == torch.float32
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-9])
+def test_two_identical_gradients_are_their_own_min_norm_point(scale):
+    g = scale * t([3.0, -4.0, 1.0])[0]
+    grads = torch.stack([g, g])  # ||g_1 - g_2||^2 = 0: the line search has no curvature
+    weights = min_norm_weights(grads)
+    assert float(weights.sum()) == 1.0 and bool((weights >= 0).all())
+    torch.testing.assert_close(mgda(grads), g, rtol=1e-15, atol=0)
+
+
+def test_cagrad_default_c_is_one_half():
+    grads = _conflicting_gradients(4, seed=7)
+    torch.testing.assert_close(cagrad_weights(grads), _reference_cagrad(grads, 0.5), atol=1e-5,
+                               rtol=0)
+    assert torch.equal(cagrad_weights(grads), cagrad_weights(grads, 0.5))
+    assert torch.equal(cagrad(grads), cagrad(grads, 0.5, rescale=True))
