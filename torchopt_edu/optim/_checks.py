@@ -15,7 +15,6 @@ import math
 import numbers
 from typing import Any
 
-import torch
 from torch import Tensor
 
 #: The largest seed accepted anywhere in the package: NumPy's generators and scikit-learn's
@@ -42,7 +41,7 @@ def _is_bool(value: object) -> bool:
 
 
 def check_int(name: str, value: object, minimum: int | None = None) -> int:
-    """``value`` as a plain ``int``: ``TypeError`` unless an integer, ``ValueError`` below ``minimum``.
+    """``value`` as a plain ``int``: ``TypeError`` unless an integer, ``ValueError`` if too small.
 
     Plain, so that NumPy integers never reach a ``state_dict()`` (``weights_only`` loads refuse
     them).
@@ -167,6 +166,30 @@ def check_optional_flag(name: str, value: Any) -> bool | None:
     return None if value is None else check_flag(name, value)
 
 
+#: The on/off options of torch.optim's constructors; ``maximize=1`` means True, as in torch.
+FLAG_OPTIONS = (
+    "amsgrad",
+    "maximize",
+    "nesterov",
+    "centered",
+    "differentiable",
+    "capturable",
+    "decoupled_weight_decay",
+)
+
+
+def normalise_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``options`` with each on/off flag a bool (``foreach``, ``fused``: or None)."""
+    options = dict(options)
+    for name in FLAG_OPTIONS:
+        if name in options:
+            options[name] = check_flag(name, options[name])
+    for name in ("foreach", "fused"):
+        if name in options:
+            options[name] = check_optional_flag(name, options[name])
+    return options
+
+
 def check_impl_flags(foreach: bool | None, fused: bool | None, differentiable: bool) -> None:
     """Reject the flag combinations torch.optim rejects, with torch's exception types."""
     if fused and foreach:
@@ -190,6 +213,7 @@ def as_float(value: float | Tensor) -> float:
 
 
 __all__ = [
+    "FLAG_OPTIONS",
     "MAX_SEED",
     "as_float",
     "check_beta",
@@ -205,4 +229,5 @@ __all__ = [
     "check_unsupported",
     "is_integer",
     "is_real",
+    "normalise_flags",
 ]

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchopt_edu.optim._base import (
-    Bucket,
-    EduOptimizer,
-    Impl,
-    as_float,
-    check_lr,
-    check_non_negative,
-)
+from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper
+from torchopt_edu.optim._checks import check_lr, check_non_negative
+from torchopt_edu.optim._shared import directed_grad, directed_grads
 
-__all__ = ["Adagrad", "adagrad"]
+__all__ = ["Adagrad", "AdagradHyper"]
+
+
+@dataclass(frozen=True)
+class AdagradHyper(Hyper):
+    """What one Adagrad update reads from its param group."""
+
+    lr_decay: float
+    weight_decay: float
+    eps: float
+    maximize: bool
+
+    def decayed_lr(self, t: float) -> float:
+        """The step-``t`` learning rate :math:`\\gamma / (1 + (t-1)\\eta)`."""
+        return self.lr / (1 + (t - 1) * self.lr_decay)
 
 
 class Adagrad(EduOptimizer):
@@ -47,6 +57,7 @@ class Adagrad(EduOptimizer):
     """
 
     supports_sparse = True
+    hyper = AdagradHyper
 
     def __init__(
         self,
@@ -96,81 +107,34 @@ class Adagrad(EduOptimizer):
             param, group["initial_accumulator_value"], memory_format=torch.preserve_format
         )
 
-    def _can_fuse(self, group: dict[str, Any]) -> bool:
-        return True
+    def _fuse_blocker(self, group: dict[str, Any]) -> str | None:
+        return None
 
-    def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
-        if bucket.has_sparse_grad and group["weight_decay"] != 0:
+    def _check_grads(self, group: dict[str, Any], grads: list[Tensor]) -> None:
+        if group["weight_decay"] != 0 and any(g.is_sparse for g in grads):
             raise RuntimeError(
                 "weight_decay option is not compatible with sparse gradients "
                 f"(weight_decay={group['weight_decay']})"
             )
-        adagrad(
-            bucket.params,
-            bucket.grads,
-            bucket.state("sum"),
-            bucket.state("step"),
-            lr=group["lr"],
-            lr_decay=group["lr_decay"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=group["maximize"],
-            impl=impl,
-        )
 
 
-def adagrad(
-    params: list[Tensor],
-    grads: list[Tensor],
-    state_sums: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    impl: Impl = "loop",
-) -> None:
-    """Apply one Adagrad step in place (see :class:`Adagrad`); sparse gradients need ``"loop"``."""
-    implementation = {"loop": _adagrad_loop, "foreach": _adagrad_foreach, "fused": _adagrad_fused}
-    implementation[impl](
-        params,
-        grads,
-        state_sums,
-        steps,
-        lr=as_float(lr),
-        lr_decay=lr_decay,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize,
-    )
+# ---------------------------------------------------------------------------------------
+# implementations: the reference loop, then the fast paths
 
 
-def _adagrad_loop(
-    params: list[Tensor],
-    grads: list[Tensor],
-    state_sums: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-) -> None:
-    for param, grad, state_sum, step in zip(params, grads, state_sums, steps, strict=True):
-        step += 1
-        grad = -grad if maximize else grad
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
-        decayed_lr = lr / (1 + (step.item() - 1) * lr_decay)
+def adagrad_loop(b: Bucket, h: AdagradHyper) -> None:
+    """Per tensor, line for line the equations of :class:`Adagrad` (dense or sparse)."""
+    for param, grad, state_sum, step in zip(
+        b.params, b.grads, b.state("sum"), b.steps, strict=True
+    ):
+        grad = directed_grad(grad, param, h.maximize, h.weight_decay)
+        lr = h.decayed_lr(step.item())
         if grad.is_sparse:
-            _sparse_adagrad_step(param, grad, state_sum, decayed_lr, eps)
+            _sparse_adagrad_step(param, grad, state_sum, lr, h.eps)
             continue
         state_sum.addcmul_(grad, grad, value=1)  # s = s + g^2
-        std = state_sum.sqrt().add_(eps)
-        param.addcdiv_(grad, std, value=-decayed_lr)
+        std = state_sum.sqrt().add_(h.eps)
+        param.addcdiv_(grad, std, value=-lr)
 
 
 def _sparse_adagrad_step(
@@ -188,51 +152,30 @@ def _sparse_adagrad_step(
     param.add_(sparse_like_grad(values / std_values), alpha=-decayed_lr)
 
 
-def _adagrad_foreach(
-    params: list[Tensor],
-    grads: list[Tensor],
-    state_sums: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-) -> None:
-    torch._foreach_add_(steps, 1)
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    neg_decayed_lrs = [-lr / (1 + (step.item() - 1) * lr_decay) for step in steps]
+def adagrad_foreach(b: Bucket, h: AdagradHyper) -> None:
+    """The same update as :func:`adagrad_loop` (dense) with one multi-tensor kernel per line."""
+    state_sums = b.state("sum")
+    grads = directed_grads(b.grads, b.params, h.maximize, h.weight_decay)
+    neg_decayed_lrs = [-h.decayed_lr(step.item()) for step in b.steps]
     torch._foreach_addcmul_(state_sums, grads, grads, value=1)
     std = torch._foreach_sqrt(state_sums)
-    torch._foreach_add_(std, eps)
-    torch._foreach_addcdiv_(params, grads, std, neg_decayed_lrs)
+    torch._foreach_add_(std, h.eps)
+    torch._foreach_addcdiv_(b.params, grads, std, neg_decayed_lrs)
 
 
-def _adagrad_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    state_sums: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-) -> None:
-    torch._foreach_add_(steps, 1)
+def adagrad_fused(b: Bucket, h: AdagradHyper) -> None:
+    """torch's fused kernel ``_fused_adagrad_``: the same equations in one pass."""
     torch._fused_adagrad_(
-        params,
-        grads,
-        state_sums,
-        steps,
-        lr=lr,
-        lr_decay=lr_decay,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize,
+        b.params,
+        b.grads,
+        b.state("sum"),
+        b.steps,
+        lr=h.lr,
+        lr_decay=h.lr_decay,
+        weight_decay=h.weight_decay,
+        eps=h.eps,
+        maximize=h.maximize,
     )
+
+
+Adagrad.paths = {"loop": adagrad_loop, "foreach": adagrad_foreach, "fused": adagrad_fused}

@@ -8,22 +8,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchopt_edu.optim._base import (
-    Bucket,
-    EduOptimizer,
-    Impl,
-    as_float,
-    check_betas,
-    check_lr,
-    check_non_negative,
-)
+from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper
+from torchopt_edu.optim._checks import check_betas, check_lr, check_non_negative
+from torchopt_edu.optim._shared import decay_weights_, directed_grad, directed_grads
 
-__all__ = ["Adam", "AdamW", "adam"]
+__all__ = ["Adam", "AdamW", "AdamHyper"]
+
+
+@dataclass(frozen=True)
+class AdamHyper(Hyper):
+    """What one Adam/AdamW update reads from its param group."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    amsgrad: bool
+    maximize: bool
+    decoupled_weight_decay: bool
+
+    @property
+    def l2(self) -> float:
+        """The L2 penalty added to the gradient (0 when the decay is decoupled)."""
+        return 0.0 if self.decoupled_weight_decay else self.weight_decay
+
+    @property
+    def decoupled(self) -> float:
+        """The decoupled decay rate applied to the parameter (0 for Adam's L2 form)."""
+        return self.weight_decay if self.decoupled_weight_decay else 0.0
 
 
 class Adam(EduOptimizer):
@@ -94,6 +112,8 @@ class Adam(EduOptimizer):
         )
         super().__init__(params, defaults, flat=flat)
 
+    hyper = AdamHyper
+
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["step"] = self._new_step(param, group)
         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -101,28 +121,8 @@ class Adam(EduOptimizer):
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    def _can_fuse(self, group: dict[str, Any]) -> bool:
-        return True
-
-    def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
-        beta1, beta2 = group["betas"]
-        adam(
-            bucket.params,
-            bucket.grads,
-            bucket.state("exp_avg"),
-            bucket.state("exp_avg_sq"),
-            bucket.state("max_exp_avg_sq") if group["amsgrad"] else [],
-            bucket.state("step"),
-            lr=group["lr"],
-            beta1=as_float(beta1),
-            beta2=as_float(beta2),
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=group["amsgrad"],
-            maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            impl=impl,
-        )
+    def _fuse_blocker(self, group: dict[str, Any]) -> str | None:
+        return None
 
 
 class AdamW(Adam):
@@ -172,166 +172,81 @@ class AdamW(Adam):
             flat=flat,
         )
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """As torch.optim.AdamW: a loaded Adam state dict keeps the decay decoupled."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
 
 # ---------------------------------------------------------------------------------------
-# functional form
+# implementations: the reference loop, then the fast paths
 
 
-def adam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool = False,
-    impl: Impl = "loop",
-) -> None:
-    """Apply one Adam/AdamW step in place to ``params`` (see :class:`Adam` for the math).
-
-    ``impl`` is ``"loop"`` (per tensor, the reference), ``"foreach"`` (multi-tensor) or
-    ``"fused"`` (torch's fused kernel); the foreach and fused paths need tensors of one
-    device and dtype.
-    """
-    implementation = {"loop": _adam_loop, "foreach": _adam_foreach, "fused": _adam_fused}[impl]
-    implementation(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        decoupled_weight_decay=decoupled_weight_decay,
-    )
-
-
-def _adam_loop(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-) -> None:
-    lr = as_float(lr)
-    for i, param in enumerate(params):
-        grad = -grads[i] if maximize else grads[i]
-        m, v, step = exp_avgs[i], exp_avg_sqs[i], steps[i]
-        step += 1
+def adam_loop(b: Bucket, h: AdamHyper) -> None:
+    """Per tensor, line for line the equations of :class:`Adam` (``state["step"]`` counted)."""
+    second_moments = b.state("max_exp_avg_sq") if h.amsgrad else b.state("exp_avg_sq")
+    for param, grad, m, v, v_hat, step in zip(
+        b.params,
+        b.grads,
+        b.state("exp_avg"),
+        b.state("exp_avg_sq"),
+        second_moments,
+        b.steps,
+        strict=True,
+    ):
         t = step.item()
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                param.mul_(1 - lr * weight_decay)
-            else:
-                grad = grad.add(param, alpha=weight_decay)
-        m.lerp_(grad, 1 - beta1)  # m = b1*m + (1-b1)*g
-        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v = b2*v + (1-b2)*g^2
-        if amsgrad:
-            torch.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
-            v = max_exp_avg_sqs[i]
-        step_size = lr / (1 - beta1**t)
-        denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+        if h.decoupled:
+            param.mul_(1 - h.lr * h.decoupled)  # AdamW: decay the weights, not the gradient
+        grad = directed_grad(grad, param, h.maximize, h.l2)
+        m.lerp_(grad, 1 - h.beta1)  # m = b1*m + (1-b1)*g
+        v.mul_(h.beta2).addcmul_(grad, grad, value=1 - h.beta2)  # v = b2*v + (1-b2)*g^2
+        if h.amsgrad:
+            torch.maximum(v_hat, v, out=v_hat)  # v_hat = max(v_hat, v)
+        step_size = h.lr / (1 - h.beta1**t)
+        denom = (v_hat.sqrt() / math.sqrt(1 - h.beta2**t)).add_(h.eps)
         param.addcdiv_(m, denom, value=-step_size)
 
 
-def _adam_foreach(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-) -> None:
-    lr = as_float(lr)
-    torch._foreach_add_(steps, 1)
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        else:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    if amsgrad:
-        torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
-        second_moments = max_exp_avg_sqs
-    else:
-        second_moments = exp_avg_sqs
-    t = [step.item() for step in steps]
-    neg_step_sizes = [-lr / (1 - beta1**ti) for ti in t]
-    bias_correction2_sqrt = [math.sqrt(1 - beta2**ti) for ti in t]
+def adam_foreach(b: Bucket, h: AdamHyper) -> None:
+    """The same update as :func:`adam_loop` with one multi-tensor kernel per line."""
+    exp_avgs, exp_avg_sqs = b.state("exp_avg"), b.state("exp_avg_sq")
+    decay_weights_(b.params, h.lr, h.decoupled)
+    grads = directed_grads(b.grads, b.params, h.maximize, h.l2)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - h.beta1)
+    torch._foreach_mul_(exp_avg_sqs, h.beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - h.beta2)
+    second_moments = exp_avg_sqs
+    if h.amsgrad:
+        second_moments = b.state("max_exp_avg_sq")
+        torch._foreach_maximum_(second_moments, exp_avg_sqs)
+    t = [step.item() for step in b.steps]
+    neg_step_sizes = [-h.lr / (1 - h.beta1**ti) for ti in t]
+    bias_correction2_sqrt = [math.sqrt(1 - h.beta2**ti) for ti in t]
     denom = torch._foreach_sqrt(second_moments)
     torch._foreach_div_(denom, bias_correction2_sqrt)
-    torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denom, neg_step_sizes)
+    torch._foreach_add_(denom, h.eps)
+    torch._foreach_addcdiv_(b.params, exp_avgs, denom, neg_step_sizes)
 
 
-def _adam_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-) -> None:
-    kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
-    torch._foreach_add_(steps, 1)
+def adam_fused(b: Bucket, h: AdamHyper) -> None:
+    """torch's fused kernel (``_fused_adam_`` or ``_fused_adamw_``): the same equations."""
+    kernel = torch._fused_adamw_ if h.decoupled_weight_decay else torch._fused_adam_
     kernel(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        steps,
-        lr=as_float(lr),
-        beta1=beta1,
-        beta2=beta2,
-        weight_decay=weight_decay,
-        eps=eps,
-        amsgrad=amsgrad,
-        maximize=maximize,
+        b.params,
+        b.grads,
+        b.state("exp_avg"),
+        b.state("exp_avg_sq"),
+        b.state("max_exp_avg_sq") if h.amsgrad else [],
+        b.steps,
+        lr=h.lr,
+        beta1=h.beta1,
+        beta2=h.beta2,
+        weight_decay=h.weight_decay,
+        eps=h.eps,
+        amsgrad=h.amsgrad,
+        maximize=h.maximize,
     )
+
+
+Adam.paths = {"loop": adam_loop, "foreach": adam_foreach, "fused": adam_fused}

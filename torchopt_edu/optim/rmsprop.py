@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchopt_edu.optim._base import (
-    Bucket,
-    EduOptimizer,
-    Impl,
-    as_float,
-    check_lr,
-    check_non_negative,
-)
+from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, Impl
+from torchopt_edu.optim._checks import check_lr, check_non_negative
+from torchopt_edu.optim._shared import directed_grad, directed_grads
 
-__all__ = ["RMSprop", "rmsprop"]
+__all__ = ["RMSprop", "RMSpropHyper"]
+
+
+@dataclass(frozen=True)
+class RMSpropHyper(Hyper):
+    """What one RMSprop update reads from its param group."""
+
+    alpha: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    centered: bool
+    maximize: bool
 
 
 class RMSprop(EduOptimizer):
@@ -54,6 +62,7 @@ class RMSprop(EduOptimizer):
     """
 
     fused_on_accelerators = False
+    hyper = RMSpropHyper
 
     def __init__(
         self,
@@ -100,14 +109,19 @@ class RMSprop(EduOptimizer):
         if group["centered"]:
             state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    def _can_fuse(self, group: dict[str, Any]) -> bool:
-        return (
-            group["momentum"] == 0
-            and not group["centered"]
-            and group["weight_decay"] == 0
-            and not group["maximize"]
-            and group["alpha"] < 1
-        )
+    def _fuse_blocker(self, group: dict[str, Any]) -> str | None:
+        # The fused path is Adam's kernel with beta1 = 0: exact for the plain form only.
+        options = {
+            "momentum > 0": group["momentum"] != 0,
+            "centered=True": group["centered"],
+            "weight_decay > 0": group["weight_decay"] != 0,
+            "maximize=True": group["maximize"],
+            "alpha=1": group["alpha"] >= 1,
+        }
+        used = [name for name, on in options.items() if on]
+        if used:
+            return f"the fused path computes plain RMSprop only, not with {', '.join(used)}"
+        return None
 
     def _choose_impl(self, group: dict[str, Any], bucket: Bucket) -> Impl:
         impl = super()._choose_impl(group, bucket)
@@ -118,173 +132,76 @@ class RMSprop(EduOptimizer):
             return "foreach"
         return impl
 
-    def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
-        rmsprop(
-            bucket.params,
-            bucket.grads,
-            bucket.state("square_avg"),
-            bucket.state("grad_avg") if group["centered"] else [],
-            bucket.state("momentum_buffer") if group["momentum"] > 0 else [],
-            bucket.state("step"),
-            lr=group["lr"],
-            alpha=group["alpha"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            centered=group["centered"],
-            maximize=group["maximize"],
-            impl=impl,
-        )
+
+# ---------------------------------------------------------------------------------------
+# implementations: the reference loop, then the fast paths
 
 
-def rmsprop(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_buffers: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
-    impl: Impl = "loop",
-) -> None:
-    """Apply one RMSprop step in place (see :class:`RMSprop`).
-
-    ``grad_avgs`` is empty unless ``centered``; ``momentum_buffers`` is empty unless
-    ``momentum > 0``. ``impl="fused"`` requires the plain configuration (see the class).
-    """
-    implementation = {"loop": _rmsprop_loop, "foreach": _rmsprop_foreach, "fused": _rmsprop_fused}
-    implementation[impl](
-        params,
-        grads,
-        square_avgs,
-        grad_avgs,
-        momentum_buffers,
-        steps,
-        lr=as_float(lr),
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-    )
-
-
-def _rmsprop_loop(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_buffers: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
-) -> None:
-    for i, param in enumerate(params):
-        steps[i] += 1
-        grad = -grads[i] if maximize else grads[i]
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
-        square_avg = square_avgs[i]
-        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)  # s = a*s + (1-a)*g^2
-        if centered:
-            grad_avg = grad_avgs[i]
-            grad_avg.lerp_(grad, 1 - alpha)  # g_bar = a*g_bar + (1-a)*g
+def rmsprop_loop(b: Bucket, h: RMSpropHyper) -> None:
+    """Per tensor, line for line the equations of :class:`RMSprop`."""
+    grad_avgs = b.state("grad_avg") if h.centered else [None] * len(b.params)
+    buffers = b.state("momentum_buffer") if h.momentum > 0 else [None] * len(b.params)
+    for param, grad, square_avg, grad_avg, buffer in zip(
+        b.params, b.grads, b.state("square_avg"), grad_avgs, buffers, strict=True
+    ):
+        grad = directed_grad(grad, param, h.maximize, h.weight_decay)
+        square_avg.mul_(h.alpha).addcmul_(grad, grad, value=1 - h.alpha)  # s = a*s + (1-a)*g^2
+        if grad_avg is not None:
+            grad_avg.lerp_(grad, 1 - h.alpha)  # g_bar = a*g_bar + (1-a)*g
             denom = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
         else:
             denom = square_avg.sqrt()
-        denom.add_(eps)
-        if momentum > 0:
-            buffer = momentum_buffers[i]
-            buffer.mul_(momentum).addcdiv_(grad, denom)  # b = mu*b + g/d
-            param.add_(buffer, alpha=-lr)
+        denom.add_(h.eps)
+        if buffer is not None:
+            buffer.mul_(h.momentum).addcdiv_(grad, denom)  # b = mu*b + g/d
+            param.add_(buffer, alpha=-h.lr)
         else:
-            param.addcdiv_(grad, denom, value=-lr)
+            param.addcdiv_(grad, denom, value=-h.lr)
 
 
-def _rmsprop_foreach(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_buffers: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
-) -> None:
-    torch._foreach_add_(steps, 1)
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_mul_(square_avgs, alpha)
-    torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
-    if centered:
-        torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
+def rmsprop_foreach(b: Bucket, h: RMSpropHyper) -> None:
+    """The same update as :func:`rmsprop_loop` with one multi-tensor kernel per line."""
+    square_avgs = b.state("square_avg")
+    grads = directed_grads(b.grads, b.params, h.maximize, h.weight_decay)
+    torch._foreach_mul_(square_avgs, h.alpha)
+    torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - h.alpha)
+    if h.centered:
+        grad_avgs = b.state("grad_avg")
+        torch._foreach_lerp_(grad_avgs, grads, 1 - h.alpha)
         denom = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
         torch._foreach_sqrt_(denom)
     else:
         denom = torch._foreach_sqrt(square_avgs)
-    torch._foreach_add_(denom, eps)
-    if momentum > 0:
-        torch._foreach_mul_(momentum_buffers, momentum)
-        torch._foreach_addcdiv_(momentum_buffers, grads, denom)
-        torch._foreach_add_(params, momentum_buffers, alpha=-lr)
+    torch._foreach_add_(denom, h.eps)
+    if h.momentum > 0:
+        buffers = b.state("momentum_buffer")
+        torch._foreach_mul_(buffers, h.momentum)
+        torch._foreach_addcdiv_(buffers, grads, denom)
+        torch._foreach_add_(b.params, buffers, alpha=-h.lr)
     else:
-        torch._foreach_addcdiv_(params, grads, denom, value=-lr)
+        torch._foreach_addcdiv_(b.params, grads, denom, value=-h.lr)
 
 
-def _rmsprop_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor],
-    momentum_buffers: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
-) -> None:
-    torch._foreach_add_(steps, 1)
+def rmsprop_fused(b: Bucket, h: RMSpropHyper) -> None:
+    """Plain RMSprop as torch's fused Adam kernel (see the class docstring): one pass."""
     # Adam with beta1 = 0 and both bias corrections 1 - beta^inf = 1 is exactly RMSprop:
     # m = g (written into the gradient buffer, which already holds g), v = square_avg.
-    no_bias_correction = torch.full((), math.inf, device=params[0].device)
+    no_bias_correction = torch.full((), math.inf, device=b.device)
     torch._fused_adam_(
-        params,
-        grads,
-        grads,
-        square_avgs,
+        b.params,
+        b.grads,
+        b.grads,
+        b.state("square_avg"),
         [],
-        [no_bias_correction] * len(params),
-        lr=lr,
+        [no_bias_correction] * len(b.params),
+        lr=h.lr,
         beta1=0.0,
-        beta2=alpha,
+        beta2=h.alpha,
         weight_decay=0.0,
-        eps=eps,
+        eps=h.eps,
         amsgrad=False,
         maximize=False,
     )
+
+
+RMSprop.paths = {"loop": rmsprop_loop, "foreach": rmsprop_foreach, "fused": rmsprop_fused}

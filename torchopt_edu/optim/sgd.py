@@ -9,22 +9,46 @@ file's code and name that difference with ``first_step``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchopt_edu.optim._base import (
-    Bucket,
-    EduOptimizer,
-    Impl,
-    as_float,
-    check_beta,
-    check_lr,
-    check_non_negative,
-)
+from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, Impl
+from torchopt_edu.optim._checks import check_beta, check_lr, check_non_negative
+from torchopt_edu.optim._shared import directed_grad, directed_grads
 
-__all__ = ["SGD", "Momentum", "sgd"]
+__all__ = ["SGD", "Momentum", "SGDHyper", "MomentumHyper"]
+
+
+@dataclass(frozen=True)
+class SGDHyper(Hyper):
+    """What one SGD/Momentum update reads: the options, and where the velocity starts.
+
+    ``zero_start`` is the one difference between the two classes: torch's SGD starts its
+    velocity at the first gradient, :math:`v_1 = g_1`; the source document's Momentum starts
+    from :math:`v_0 = 0`.
+    """
+
+    weight_decay: float
+    momentum: float
+    dampening: float
+    nesterov: bool
+    maximize: bool
+    zero_start: bool = False
+
+
+@dataclass(frozen=True)
+class MomentumHyper(SGDHyper):
+    """:class:`SGDHyper` with the velocity started from zero (the EMA form)."""
+
+    zero_start: bool = True
+
+    @classmethod
+    def from_group(cls, group: dict[str, Any]) -> MomentumHyper:
+        """The record, with the gradient's weight ``1 - beta`` even after a scheduler moved beta."""
+        return super().from_group({**group, "dampening": group["momentum"]})
 
 
 class SGD(EduOptimizer):
@@ -57,6 +81,7 @@ class SGD(EduOptimizer):
     """
 
     supports_sparse = True
+    hyper = SGDHyper
 
     def __init__(
         self,
@@ -98,8 +123,8 @@ class SGD(EduOptimizer):
         if group["momentum"] != 0:
             state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    def _can_fuse(self, group: dict[str, Any]) -> bool:
-        return True
+    def _fuse_blocker(self, group: dict[str, Any]) -> str | None:
+        return None
 
     def _choose_impl(self, group: dict[str, Any], bucket: Bucket) -> Impl:
         impl = super()._choose_impl(group, bucket)
@@ -107,22 +132,6 @@ class SGD(EduOptimizer):
         if impl == "fused" and low_precision and bucket.device.type == "cpu" and not group["fused"]:
             return "foreach"
         return impl
-
-    def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
-        momentum = group["momentum"]
-        sgd(
-            bucket.params,
-            bucket.grads,
-            bucket.state("momentum_buffer") if momentum != 0 else [],
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            momentum=momentum,
-            dampening=group["dampening"],
-            nesterov=group["nesterov"],
-            maximize=group["maximize"],
-            first_step=bucket.first_step,
-            impl=impl,
-        )
 
 
 class Momentum(SGD):
@@ -152,6 +161,8 @@ class Momentum(SGD):
     Implementations: as :class:`SGD` (torch's fused SGD kernel with a zero-started buffer).
     """
 
+    hyper = MomentumHyper
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -180,141 +191,63 @@ class Momentum(SGD):
             flat=flat,
         )
 
-    def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
-        beta = group["momentum"]
-        sgd(
-            bucket.params,
-            bucket.grads,
-            bucket.state("momentum_buffer") if beta != 0 else [],  # beta = 0: v_t = g_t
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            momentum=beta,
-            dampening=beta,  # EMA: the gradient's weight is 1 - beta
-            nesterov=False,
-            maximize=group["maximize"],
-            first_step=False,  # the one difference from SGD: v_0 = 0, no v_1 = g_1 start
-            impl=impl,
-        )
-
 
 # ---------------------------------------------------------------------------------------
-# functional form
+# implementations: the reference loop, then the fast paths
 
 
-def sgd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    *,
-    lr: float | Tensor,
-    weight_decay: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    maximize: bool,
-    first_step: bool,
-    impl: Impl = "loop",
-) -> None:
-    """Apply one SGD step in place (see :class:`SGD`).
-
-    ``momentum_buffers`` is empty when ``momentum == 0``. ``first_step=True`` starts the
-    buffers at the gradient (torch.optim.SGD); ``False`` continues from their values.
-    """
-    implementation = {"loop": _sgd_loop, "foreach": _sgd_foreach, "fused": _sgd_fused}[impl]
-    implementation(
-        params,
-        grads,
-        momentum_buffers,
-        lr=as_float(lr),
-        weight_decay=weight_decay,
-        momentum=momentum,
-        dampening=dampening,
-        nesterov=nesterov,
-        maximize=maximize,
-        first_step=first_step,
-    )
+def _starts_velocity(b: Bucket, h: SGDHyper) -> bool:
+    """Whether this step sets the velocity to the gradient (torch's :math:`v_1 = g_1`)."""
+    return b.first_step and not h.zero_start
 
 
-def _sgd_loop(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    *,
-    lr: float,
-    weight_decay: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    maximize: bool,
-    first_step: bool,
-) -> None:
-    for i, param in enumerate(params):
-        grad = -grads[i] if maximize else grads[i]
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
-        if momentum != 0:
-            velocity = momentum_buffers[i]
-            if first_step:
-                velocity.copy_(grad.to_dense() if grad.is_sparse else grad)
+def sgd_loop(b: Bucket, h: SGDHyper) -> None:
+    """Per tensor, line for line the equations of :class:`SGD` (dense or sparse gradients)."""
+    velocities = b.state("momentum_buffer") if h.momentum != 0 else [None] * len(b.params)
+    first = _starts_velocity(b, h)
+    for param, grad, velocity in zip(b.params, b.grads, velocities, strict=True):
+        grad = directed_grad(grad, param, h.maximize, h.weight_decay)
+        if velocity is not None:
+            if first:
+                velocity.copy_(grad.to_dense() if grad.is_sparse else grad)  # v_1 = g_1
             else:
-                velocity.mul_(momentum).add_(grad, alpha=1 - dampening)
+                velocity.mul_(h.momentum).add_(grad, alpha=1 - h.dampening)  # v = mu*v + (1-tau)*g
             # nesterov: g + mu*v, written so that a sparse g adds onto the dense velocity
-            grad = velocity.mul(momentum).add_(grad) if nesterov else velocity
-        param.add_(grad, alpha=-lr)
+            grad = velocity.mul(h.momentum).add_(grad) if h.nesterov else velocity
+        param.add_(grad, alpha=-h.lr)
 
 
-def _sgd_foreach(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    *,
-    lr: float,
-    weight_decay: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    maximize: bool,
-    first_step: bool,
-) -> None:
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    if momentum != 0:
-        if first_step:
-            torch._foreach_copy_(momentum_buffers, grads)
+def sgd_foreach(b: Bucket, h: SGDHyper) -> None:
+    """The same update as :func:`sgd_loop` with one multi-tensor kernel per line."""
+    grads = directed_grads(b.grads, b.params, h.maximize, h.weight_decay)
+    if h.momentum != 0:
+        velocities = b.state("momentum_buffer")
+        if _starts_velocity(b, h):
+            torch._foreach_copy_(velocities, grads)
         else:
-            torch._foreach_mul_(momentum_buffers, momentum)
-            torch._foreach_add_(momentum_buffers, grads, alpha=1 - dampening)
-        if nesterov:
-            grads = torch._foreach_add(grads, momentum_buffers, alpha=momentum)
+            torch._foreach_mul_(velocities, h.momentum)
+            torch._foreach_add_(velocities, grads, alpha=1 - h.dampening)
+        if h.nesterov:
+            grads = torch._foreach_add(grads, velocities, alpha=h.momentum)
         else:
-            grads = momentum_buffers
-    torch._foreach_add_(params, grads, alpha=-lr)
+            grads = velocities
+    torch._foreach_add_(b.params, grads, alpha=-h.lr)
 
 
-def _sgd_fused(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    *,
-    lr: float,
-    weight_decay: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    maximize: bool,
-    first_step: bool,
-) -> None:
+def sgd_fused(b: Bucket, h: SGDHyper) -> None:
+    """torch's fused kernel ``_fused_sgd_``: the same equations in one pass."""
     torch._fused_sgd_(
-        params,
-        grads,
-        momentum_buffers,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        lr=lr,
-        dampening=dampening,
-        nesterov=nesterov,
-        maximize=maximize,
-        is_first_step=first_step,
+        b.params,
+        b.grads,
+        b.state("momentum_buffer") if h.momentum != 0 else [],
+        weight_decay=h.weight_decay,
+        momentum=h.momentum,
+        lr=h.lr,
+        dampening=h.dampening,
+        nesterov=h.nesterov,
+        maximize=h.maximize,
+        is_first_step=_starts_velocity(b, h),
     )
+
+
+SGD.paths = {"loop": sgd_loop, "foreach": sgd_foreach, "fused": sgd_fused}

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchopt_edu.optim._base import (
-    Bucket,
-    EduOptimizer,
-    Impl,
-    as_float,
-    check_betas,
-    check_lr,
-    check_non_negative,
-)
+from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper
+from torchopt_edu.optim._checks import check_betas, check_lr, check_non_negative
+from torchopt_edu.optim._shared import directed_grad, directed_grads
 
-__all__ = ["Yogi", "yogi"]
+__all__ = ["Yogi", "YogiHyper"]
+
+
+@dataclass(frozen=True)
+class YogiHyper(Hyper):
+    """What one Yogi update reads from its param group."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    maximize: bool
 
 
 class Yogi(EduOptimizer):
@@ -48,6 +54,8 @@ class Yogi(EduOptimizer):
     optimizer of federated learning (FedYogi, Reddi et al., 2021).
     Implementations: the per-tensor loop and the multi-tensor path (torch has no fused Yogi).
     """
+
+    hyper = YogiHyper
 
     def __init__(
         self,
@@ -86,110 +94,39 @@ class Yogi(EduOptimizer):
             param, group["initial_accumulator_value"], memory_format=torch.preserve_format
         )
 
-    def _update(self, group: dict[str, Any], bucket: Bucket, impl: Impl) -> None:
-        beta1, beta2 = group["betas"]
-        yogi(
-            bucket.params,
-            bucket.grads,
-            bucket.state("exp_avg"),
-            bucket.state("exp_avg_sq"),
-            bucket.state("step"),
-            lr=group["lr"],
-            beta1=as_float(beta1),
-            beta2=as_float(beta2),
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-            impl=impl,
-        )
+
+# ---------------------------------------------------------------------------------------
+# implementations: the reference loop, then the multi-tensor path
 
 
-def yogi(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    maximize: bool,
-    impl: Impl = "loop",
-) -> None:
-    """Apply one Yogi step in place (see :class:`Yogi`); ``impl`` is ``"loop"`` or ``"foreach"``."""
-    implementation = {"loop": _yogi_loop, "foreach": _yogi_foreach}[impl]
-    implementation(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        steps,
-        lr=as_float(lr),
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        maximize=maximize,
-    )
-
-
-def _yogi_loop(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    maximize: bool,
-) -> None:
-    for i, param in enumerate(params):
-        grad = -grads[i] if maximize else grads[i]
-        m, v, step = exp_avgs[i], exp_avg_sqs[i], steps[i]
-        step += 1
+def yogi_loop(b: Bucket, h: YogiHyper) -> None:
+    """Per tensor, line for line the equations of :class:`Yogi`."""
+    for param, grad, m, v, step in zip(
+        b.params, b.grads, b.state("exp_avg"), b.state("exp_avg_sq"), b.steps, strict=True
+    ):
         t = step.item()
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
-        m.lerp_(grad, 1 - beta1)
+        grad = directed_grad(grad, param, h.maximize, h.weight_decay)
+        m.lerp_(grad, 1 - h.beta1)  # m = b1*m + (1-b1)*g
         grad_sq = grad * grad
-        v.addcmul_(torch.sign(v - grad_sq), grad_sq, value=-(1 - beta2))
-        denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-        param.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+        v.addcmul_(torch.sign(v - grad_sq), grad_sq, value=-(1 - h.beta2))  # additive v
+        denom = (v.sqrt() / math.sqrt(1 - h.beta2**t)).add_(h.eps)
+        param.addcdiv_(m, denom, value=-h.lr / (1 - h.beta1**t))
 
 
-def _yogi_foreach(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    maximize: bool,
-) -> None:
-    torch._foreach_add_(steps, 1)
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    if weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+def yogi_foreach(b: Bucket, h: YogiHyper) -> None:
+    """The same update as :func:`yogi_loop` with one multi-tensor kernel per line."""
+    exp_avgs, exp_avg_sqs = b.state("exp_avg"), b.state("exp_avg_sq")
+    grads = directed_grads(b.grads, b.params, h.maximize, h.weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - h.beta1)
     grad_sq = torch._foreach_mul(grads, grads)
     direction = torch._foreach_sub(exp_avg_sqs, grad_sq)
     torch._foreach_sign_(direction)
-    torch._foreach_addcmul_(exp_avg_sqs, direction, grad_sq, value=-(1 - beta2))
-    t = [step.item() for step in steps]
+    torch._foreach_addcmul_(exp_avg_sqs, direction, grad_sq, value=-(1 - h.beta2))
+    t = [step.item() for step in b.steps]
     denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, [math.sqrt(1 - beta2**ti) for ti in t])
-    torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denom, [-lr / (1 - beta1**ti) for ti in t])
+    torch._foreach_div_(denom, [math.sqrt(1 - h.beta2**ti) for ti in t])
+    torch._foreach_add_(denom, h.eps)
+    torch._foreach_addcdiv_(b.params, exp_avgs, denom, [-h.lr / (1 - h.beta1**ti) for ti in t])
+
+
+Yogi.paths = {"loop": yogi_loop, "foreach": yogi_foreach}

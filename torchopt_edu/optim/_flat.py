@@ -1,0 +1,234 @@
+"""Flat-buffer mode (``flat=True``): one contiguous buffer per device and dtype.
+
+The parameters, gradients and state of each param group's device/dtype live in a few
+contiguous buffers (the parameters become views into them), so a step over thousands of small
+tensors runs one kernel over one tensor and costs as much as a step over one large tensor.
+
+It gives the same numbers as the normal mode: whenever a parameter has no dense gradient, or
+the parameters' states have different ages, that step takes the per-tensor path over the same
+views. Call ``zero_grad(set_to_none=False)`` to keep the gradients in the buffer between steps
+(one memset); after ``set_to_none=True`` (torch's default) new gradients are copied into the
+buffer at the next step.
+
+Parameters that share memory (views of one tensor, or the same tensor listed twice) cannot
+each own a slice of a buffer, so they are refused when the optimizer is built.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from torchopt_edu.optim._base import Bucket
+
+if TYPE_CHECKING:
+    from torchopt_edu.optim._base import EduOptimizer
+
+#: The parameter buffers of every live flat optimizer, by storage address. Parameters that
+#: share one of these are slices of it, not views a user made, and may move to a new buffer.
+_LIVE_BUFFERS: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+
+
+@dataclass
+class FlatSlab:
+    """The parameters of one group with one device and dtype, packed into one buffer.
+
+    ``flat_state`` holds the packed state (one buffer per state key, one ``step`` counter)
+    once every parameter of the slab has state; it is empty before.
+    """
+
+    params: list[Tensor]
+    offsets: list[int]
+    param_buffer: Tensor
+    grad_buffer: Tensor
+    grad_views: list[Tensor]
+    param_pointers: list[int]
+    flat_state: dict[str, Tensor] = field(default_factory=dict)
+    step_buffer: Tensor | None = None
+    first_step: bool = False
+
+    def view(self, buffer: Tensor, i: int) -> Tensor:
+        """Parameter ``i``'s slice of ``buffer``, shaped like the parameter."""
+        p = self.params[i]
+        return buffer[self.offsets[i] : self.offsets[i] + p.numel()].view_as(p)
+
+
+class FlatGroup:
+    """Flat buffers for one param group (one slab per device and dtype)."""
+
+    def __init__(self, slabs: list[FlatSlab]) -> None:
+        self.slabs = slabs
+
+    @staticmethod
+    def check(params: Iterable[Tensor]) -> None:
+        """Raise ``ValueError`` for parameters that cannot each own a slice of a buffer.
+
+        Sparse, complex and integer parameters are refused, and so are parameters that share
+        memory: the same tensor twice, or two views of one tensor (the buffer would hold two
+        copies of the shared numbers, and the step would update them differently).
+        """
+        params = list(params)
+        for p in params:
+            if p.is_sparse or p.is_complex() or not p.is_floating_point():
+                raise ValueError(
+                    f"flat=True supports dense real floating-point parameters, got {p.dtype}"
+                    f"{' (sparse)' if p.is_sparse else ''} of shape {tuple(p.shape)}"
+                )
+        owners: dict[int, int] = {}
+        for i, p in enumerate(params):
+            if p.numel() == 0:
+                continue
+            storage = p.untyped_storage().data_ptr()
+            first = owners.setdefault(storage, i)
+            if first == i or storage in _LIVE_BUFFERS:
+                continue  # a parameter already in a flat buffer moves to the new one
+            other = params[first]
+            how = "is listed twice" if other is p else f"shares memory with parameter {first}"
+            raise ValueError(
+                f"flat=True: parameter {i} (shape {tuple(p.shape)}) {how}; flat mode gives "
+                "every parameter its own slice of a new buffer, so parameters that share memory "
+                "would stop sharing it (remove the duplicate, or use flat=False)"
+            )
+
+    @classmethod
+    def build(cls, group: dict[str, Any]) -> FlatGroup:
+        """Copy the group's parameters into new buffers and make them views of it."""
+        by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in group["params"]:
+            by_kind.setdefault((p.device, p.dtype), []).append(p)
+        slabs = []
+        with torch.no_grad():
+            for (device, dtype), params in by_kind.items():
+                sizes = [p.numel() for p in params]
+                offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+                param_buffer = torch.empty(sum(sizes), device=device, dtype=dtype)
+                _LIVE_BUFFERS[param_buffer.untyped_storage().data_ptr()] = param_buffer
+                grad_buffer = torch.zeros(sum(sizes), device=device, dtype=dtype)
+                slab = FlatSlab(params, offsets, param_buffer, grad_buffer, [], [])
+                for i, p in enumerate(params):
+                    view = slab.view(param_buffer, i)
+                    view.copy_(p)
+                    p.data = view
+                    slab.param_pointers.append(view.data_ptr())
+                    slab.grad_views.append(slab.view(grad_buffer, i))
+                slabs.append(slab)
+        return cls(slabs)
+
+    def grads_in_buffer(self) -> bool:
+        """Whether every parameter's gradient is its view of the gradient buffer."""
+        return all(
+            p.grad is view
+            for slab in self.slabs
+            for p, view in zip(slab.params, slab.grad_views, strict=True)
+        )
+
+    def zero_grad_buffers(self) -> None:
+        """Zero every gradient buffer in place."""
+        for slab in self.slabs:
+            slab.grad_buffer.zero_()
+
+    def check_in_buffer(self) -> None:
+        """Raise ``RuntimeError`` if a parameter no longer lives in its buffer."""
+        for slab in self.slabs:
+            # list comprehensions and C-level comparisons: this runs every step over
+            # thousands of parameters, and a Python-level loop body would cost more than
+            # the update itself
+            if [p.data_ptr() for p in slab.params] != slab.param_pointers:
+                raise RuntimeError(
+                    "flat=True: a parameter no longer lives in the optimizer's buffer (moved "
+                    "by .to(), or .data reassigned); create the optimizer after moving the model"
+                )
+
+    def ready_for_fast_step(self, optimizer: EduOptimizer, group: dict[str, Any]) -> bool:
+        """Move gradients into the buffers; return False when the per-tensor path must run.
+
+        The fast path needs every parameter to have a dense gradient and every parameter's
+        state to have the same age (all created together, all stepped together).
+        """
+        for slab in self.slabs:
+            grads = [p.grad for p in slab.params]
+            if all(map(operator.is_, grads, slab.grad_views)):
+                continue
+            for p, grad, view in zip(slab.params, grads, slab.grad_views, strict=True):
+                if grad is view:
+                    continue
+                if grad is None or grad.is_sparse:
+                    return False
+                view.copy_(grad)
+                p.grad = view
+        if all(slab.flat_state for slab in self.slabs):  # packed: every parameter has state
+            first_step = False
+        else:
+            state = optimizer.state
+            has_state = [bool(state.get(p)) for slab in self.slabs for p in slab.params]
+            if any(has_state) and not all(has_state):
+                return False
+            if not any(has_state):
+                for p in group["params"]:
+                    new_state: dict[str, Any] = {}
+                    optimizer._init_state(p, new_state, group)
+                    if new_state:
+                        state[p] = new_state
+            self.adopt_state(state)
+            first_step = not any(has_state)
+        for slab in self.slabs:
+            slab.first_step = first_step
+            if slab.step_buffer is not None:
+                steps = slab.step_buffer
+                if bool(steps.min() != steps.max()):
+                    return False
+                slab.flat_state["step"].copy_(steps[0])
+        return True
+
+    def buckets(self) -> list[Bucket]:
+        """One bucket per slab: the whole buffer as a single tensor."""
+        return [
+            Bucket(
+                params=[slab.param_buffer],
+                grads=[slab.grad_buffer],
+                states=[slab.flat_state],
+                first_step=slab.first_step,
+            )
+            for slab in self.slabs
+        ]
+
+    def after_fast_step(self) -> None:
+        """Copy the slab's step counter back into every parameter's ``state["step"]``."""
+        for slab in self.slabs:
+            if slab.step_buffer is not None:
+                slab.step_buffer.fill_(slab.flat_state["step"])
+
+    def adopt_state(self, state: dict[Tensor, dict[str, Any]]) -> None:
+        """Pack the per-parameter state tensors into flat buffers and point the state at views.
+
+        A slab some of whose parameters have no state yet is left unpacked (its old packing,
+        if any, is dropped): the per-tensor path runs until every parameter has state.
+        """
+        with torch.no_grad():
+            for slab in self.slabs:
+                slab.flat_state = {}
+                slab.step_buffer = None
+                if not all(state.get(p) for p in slab.params):
+                    continue
+                for key, value in state[slab.params[0]].items():
+                    if not isinstance(value, Tensor):
+                        continue
+                    if key == "step":
+                        steps = torch.stack([state[p][key].reshape(()) for p in slab.params])
+                        for i, p in enumerate(slab.params):
+                            state[p][key] = steps[i]
+                        slab.step_buffer = steps
+                        slab.flat_state["step"] = steps[0].clone()
+                        continue
+                    buffer = torch.empty_like(slab.param_buffer)
+                    for i, p in enumerate(slab.params):
+                        view = slab.view(buffer, i)
+                        view.copy_(state[p][key])
+                        state[p][key] = view
+                    slab.flat_state[key] = buffer
