@@ -22,7 +22,7 @@ from torchopt_edu.gnn import (
     seeded,
     train_node_model,
 )
-from torchopt_edu.gnn.cli import DEMO_LR
+from torchopt_edu.gnn.demo import DEMO_LR
 from torchopt_edu.optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, RMSprop
 
 

@@ -31,6 +31,8 @@ CASES: list[tuple[type[Optimizer], type[Optimizer], dict[str, Any]]] = [
     (ours.RMSprop, torch.optim.RMSprop, dict(momentum=0.9, weight_decay=0.1)),
     (ours.RMSprop, torch.optim.RMSprop, dict(centered=True, momentum=0.5, maximize=True)),
     (ours.RMSprop, torch.optim.RMSprop, dict(weight_decay=0.01, maximize=True)),
+    (ours.RMSprop, torch.optim.RMSprop, dict(momentum=0.9)),
+    (ours.RMSprop, torch.optim.RMSprop, dict(lr=0.01, alpha=1.0, eps=1.0)),
     (ours.Adam, torch.optim.Adam, dict()),
     (ours.Adam, torch.optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6)),
     (ours.Adam, torch.optim.Adam, dict(lr=0.01, weight_decay=0.1)),

@@ -170,12 +170,19 @@ def test_sparse_gradient_on_a_dense_only_optimizer_is_rejected_before_any_change
 
 
 def test_numpy_scalars_are_accepted_like_torch():
-    params = make_params(torch.float64)
+    params, twins = make_params(torch.float64), make_params(torch.float64)
     optimizer = ours.Adam(params, lr=np.float32(0.01), betas=np.array([0.9, 0.999]),
                           weight_decay=np.int64(0))
-    set_grads([params], 0)
-    optimizer.step()
-    ours.SGD(params, lr=np.float64(0.1), momentum=np.float32(0.9))
+    twin = torch.optim.Adam(twins, lr=float(np.float32(0.01)), betas=(0.9, 0.999))
+    sgd = ours.SGD(params, lr=np.float64(0.1), momentum=np.float32(0.9))
+    sgd_twin = torch.optim.SGD(twins, lr=0.1, momentum=float(np.float32(0.9)))
+    for step in range(3):
+        set_grads([params, twins], step)
+        optimizer.step()
+        twin.step()
+        sgd.step()
+        sgd_twin.step()
+    assert_close_lists(params, twins, torch.float64)
 
 
 def test_failed_flat_add_param_group_leaves_the_optimizer_usable():
