@@ -1,8 +1,10 @@
 """The documentation site builds with warnings as errors and shows what it promises.
 
-One build (``sphinx-build -W --keep-going -b html docs <tmp>``, the README's command) serves
-every test: the equations reach MathJax, every optimizer has a page, the notebooks are shown
-with their stored outputs, and the benchmark table is rendered from ``docs/bench_cpu.json``.
+One build (``sphinx-build -W --keep-going -b html docs <tmp>``, the README's command), then the
+checks on its HTML: the equations reach MathJax, every optimizer has a page, the application
+packages are documented, the notebooks are shown with their stored outputs, and the benchmark
+table is rendered from ``docs/bench_cpu.json``. One test, not one per check: under
+``pytest -n 2`` separate tests could land on both workers and build the site twice.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build(tmp_path: Path) -> Path:
     """Build the site from scratch (no cache) and return its HTML folder."""
-    out = tmp_path_factory.mktemp("docs") / "html"
+    out = tmp_path / "html"
     doctrees = out.parent / "doctrees"
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
                "-d", str(doctrees), str(DOCS), str(out)]
@@ -46,7 +47,16 @@ def _documented_objects(site: Path) -> set[str]:
     return {name for entries in inventory.values() for name in entries}
 
 
-def test_adam_equations_reach_mathjax(site: Path) -> None:
+def test_docs_build_without_warnings_and_show_what_they_promise(tmp_path: Path) -> None:
+    site = build(tmp_path)
+    check_adam_equations_reach_mathjax(site)
+    check_every_optimizer_has_a_documented_page(site)
+    check_application_packages_are_documented(site)
+    check_notebooks_are_rendered_with_their_outputs(site)
+    check_benchmark_table_comes_from_the_stored_run(site)
+
+
+def check_adam_equations_reach_mathjax(site: Path) -> None:
     html = (site / "algorithms" / "adam.html").read_text(encoding="utf-8")
     assert re.search(r'<script[^>]+src="[^"]*mathjax[^"]*"', html), "no MathJax script"
     blocks = re.findall(r'<div class="math notranslate nohighlight">(.*?)</div>', html, re.S)
@@ -55,14 +65,14 @@ def test_adam_equations_reach_mathjax(site: Path) -> None:
     assert r"\(\theta\)" in html  # an inline :math: role
 
 
-def test_every_optimizer_has_a_documented_page(site: Path) -> None:
+def check_every_optimizer_has_a_documented_page(site: Path) -> None:
     documented = _documented_objects(site)
     missing = [f"{cls.__module__}.{cls.__qualname__}" for cls in OPTIMIZERS.values()
                if f"{cls.__module__}.{cls.__qualname__}" not in documented]
     assert not missing, f"add a page under docs/algorithms/ (copy adam.md) for: {missing}"
 
 
-def test_application_packages_are_documented(site: Path) -> None:
+def check_application_packages_are_documented(site: Path) -> None:
     documented = _documented_objects(site)
     for name in ("torchopt_edu.lr_scheduler.OneCycleLR", "torchopt_edu.multitask.pcgrad",
                  "torchopt_edu.tuning.SearchSpace", "torchopt_edu.gnn.GCN",
@@ -73,7 +83,7 @@ def test_application_packages_are_documented(site: Path) -> None:
         assert {name, f"{defined_in}.{attribute}"} & documented, name
 
 
-def test_notebooks_are_rendered_with_their_outputs(site: Path) -> None:
+def check_notebooks_are_rendered_with_their_outputs(site: Path) -> None:
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     assert notebooks
     for notebook in notebooks:
@@ -85,7 +95,7 @@ def test_notebooks_are_rendered_with_their_outputs(site: Path) -> None:
         assert "cell_output" in html, f"{notebook.name}: no outputs shown"
 
 
-def test_benchmark_table_comes_from_the_stored_run(site: Path) -> None:
+def check_benchmark_table_comes_from_the_stored_run(site: Path) -> None:
     html = (site / "benchmarks.html").read_text(encoding="utf-8")
     run = json.loads((DOCS / "bench_cpu.json").read_text(encoding="utf-8"))
     first = run["rows"][0]
