@@ -302,3 +302,37 @@ def test_cagrad_default_c_is_one_half():
                                rtol=0)
     assert torch.equal(cagrad_weights(grads), cagrad_weights(grads, 0.5))
     assert torch.equal(cagrad(grads), cagrad(grads, 0.5, rescale=True))
+
+
+def test_min_norm_edge_cases_one_task_zero_gradients_and_the_far_vertex():
+    one = min_norm_weights(t([3.0, -1.0]))
+    assert one.dtype == torch.float64 and torch.equal(one, t(1.0))
+    torch.testing.assert_close(mgda(t([3.0, -1.0])), t(3.0, -1.0))
+    zeros = min_norm_weights(torch.zeros(4, 3, dtype=torch.float64))
+    assert zeros.dtype == torch.float64 and torch.equal(zeros, torch.full((4,), 0.25).double())
+    # g1 = 2 g2: the closest point is the far vertex g2; the step along e2 - e1 is clipped at 1.
+    assert torch.equal(min_norm_weights(t([2.0, 0.0], [1.0, 0.0])), t(0.0, 1.0))
+    assert mean_gradient(torch.zeros(2, 0)).shape == (0,)  # no shared parameters: no direction
+
+
+@pytest.mark.parametrize(("num_tasks", "dim"), [(6, 2), (8, 2), (8, 3), (7, 4)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_min_norm_point_of_many_tasks_in_few_dimensions(num_tasks, dim, seed):
+    """More tasks than dimensions: Wolfe's method must drop vertices from its support."""
+    grads = _conflicting_gradients(num_tasks, seed, dim=dim)
+    expected = _reference_min_norm(grads) @ grads  # the point is unique; its weights need not be
+    weights = min_norm_weights(grads)
+    assert float(weights.sum()) == pytest.approx(1.0, abs=1e-12) and bool((weights >= 0).all())
+    torch.testing.assert_close(weights @ grads, expected, atol=1e-6, rtol=0)
+
+
+def test_the_non_convergence_warning_reports_the_gap_at_the_callers_line():
+    grads = _conflicting_gradients(8, seed=0, dim=3)
+    with pytest.warns(RuntimeWarning) as record:
+        weights = min_norm_weights(grads, max_iter=1)
+    assert record[0].filename == __file__  # stacklevel: the line that called min_norm_weights
+    gram = grads @ grads.T
+    gram = gram / gram.diagonal().max()
+    slope = gram @ weights
+    gap = 2.0 * float(weights @ slope - slope.min())
+    assert f"relative Frank-Wolfe gap {gap:.3g} > tol = 1e-12" in str(record[0].message)
