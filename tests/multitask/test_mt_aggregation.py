@@ -326,11 +326,16 @@ def test_min_norm_point_of_many_tasks_in_few_dimensions(num_tasks, dim, seed):
     torch.testing.assert_close(weights @ grads, expected, atol=1e-6, rtol=0)
 
 
-def test_the_non_convergence_warning_reports_the_gap_at_the_callers_line():
+def test_the_non_convergence_warning_points_at_the_callers_line():
+    with pytest.warns(RuntimeWarning) as record:
+        min_norm_weights(_conflicting_gradients(8, seed=0, dim=3), max_iter=1)
+    assert record[0].filename == __file__  # stacklevel: the line that called min_norm_weights
+
+
+def test_the_non_convergence_warning_reports_the_gap():
     grads = _conflicting_gradients(8, seed=0, dim=3)
     with pytest.warns(RuntimeWarning) as record:
         weights = min_norm_weights(grads, max_iter=1)
-    assert record[0].filename == __file__  # stacklevel: the line that called min_norm_weights
     gram = grads @ grads.T
     gram = gram / gram.diagonal().max()
     slope = gram @ weights
