@@ -244,3 +244,10 @@ def test_edge_cases_of_the_helpers_are_named_or_empty():
         fed_avg([GOOD, GOOD], [1, 1], clients=["a"])
     with pytest.raises(InvalidUpdateError, match=r"^client tablet: keys do not match the model"):
         check_update({"layer.weight": torch.ones(2, 3)}, GOOD, "tablet")
+
+
+def test_weighted_sum_names_mismatched_clients_and_non_tensors():
+    with pytest.raises(ValueError, match=r"^got 2 states but 3 client names$"):
+        weighted_sum([GOOD, GOOD], [1, 1], GOOD, clients=["a", "b", "c"])
+    with pytest.raises(InvalidUpdateError, match=r"'layer.bias': expected a Tensor, got list"):
+        fed_avg([GOOD, {**GOOD, "layer.bias": [0.0, 0.0]}], [1, 1])

@@ -417,3 +417,21 @@ def test_fedopt_repr_names_the_factory_and_its_options():
     assert repr(FedYogi()) == (
         "FedYogi(Yogi(lr=0.03, betas=(0.9, 0.99), eps=0.001, initial_accumulator_value=1e-06))"
     )
+
+
+def test_errors_name_the_clients_by_their_ids_and_the_server_leaves_no_gradients():
+    model = _model(2)
+    results = _results(model, _random_deltas(model, 2, seed=0), [1, 1])
+    results[0].client, results[1].client = 17, 4
+    results[1].state["bias"] = torch.ones(5, dtype=torch.float64)
+    with pytest.raises(InvalidUpdateError, match=r"^client 4: tensor 'bias': shape \(5,\)"):
+        FedAvg().aggregate_fit(model, results)
+    strategy = FedAdam()
+    strategy.aggregate_fit(model, _results(model, _random_deltas(model, 2, seed=1), [1, 2]))
+    assert all(p.grad is None for p in model.parameters())  # the pseudo-gradient is cleared
+    with pytest.raises(ValueError, match=(
+        r"^FedAdam's server optimizer holds the parameters of the model of its first round; "
+        r"use a new strategy for another model$"
+    )):
+        other = _model(6)
+        strategy.aggregate_fit(other, _results(other, _random_deltas(other, 1, 0), [1]))
