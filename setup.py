@@ -24,6 +24,7 @@ EXTRAS["docs"] = ["sphinx>=7.2", "myst-nb>=1.1", "furo>=2024.1"]
 EXTRAS["dev"] = EXTRAS["all"] + EXTRAS["docs"] + [
     "pytest>=7",
     "pytest-xdist>=3",
+    "hypothesis>=6",
     "nbmake>=1.4",
     "ipykernel>=6",
     "ruff>=0.4",
