@@ -583,3 +583,62 @@ def test_get_last_lr_is_each_groups_learning_rate(schedule):
         set_gradients(optimizer)
         optimizer.step()
         scheduler.step()
+
+
+def test_plateau_defaults_are_torchs_and_behave_like_torchs():
+    optimizer, reference = make_optimizer("ours.SGD"), make_optimizer("torch.SGD")
+    scheduler = ReduceLROnPlateau(optimizer)
+    assert (scheduler.mode, scheduler.factor, scheduler.patience, scheduler.threshold) == (
+        "min",
+        0.1,
+        10,
+        1e-4,
+    )
+    assert (scheduler.threshold_mode, scheduler.cooldown, scheduler.eps) == ("rel", 0, 1e-8)
+    assert scheduler.min_lrs == [0.0, 0.0]
+    torch_scheduler = torch_sched.ReduceLROnPlateau(reference)
+    metrics = [1.0] * 12 + [0.99995] * 12 + [0.5] + [0.5] * 30  # flat, a sub-threshold gain, flat
+    for metric in metrics:
+        scheduler.step(metric)
+        torch_scheduler.step(metric)
+        assert scheduler.get_last_lr() == pytest.approx(torch_scheduler.get_last_lr(), rel=1e-12)
+    assert scheduler.get_last_lr()[0] < GROUP_LRS[0] / 50  # it did reduce, more than once
+
+
+@pytest.mark.parametrize("mode, better, tie", [("min", 0.4, 0.5), ("max", 1.6, 1.5)])
+def test_plateau_needs_strictly_more_than_the_threshold(mode, better, tie):
+    optimizer = make_optimizer("torch.SGD")
+    scheduler = ReduceLROnPlateau(
+        optimizer, mode=mode, threshold=0.5, threshold_mode="abs", patience=5
+    )
+    scheduler.step(1.0)
+    assert not scheduler.is_improvement(tie)  # exactly the threshold away: not progress
+    assert not scheduler.is_improvement(1.0)
+    assert scheduler.is_improvement(better)
+    assert not scheduler.is_improvement(2.0 - better)  # the same distance the wrong way
+
+
+def test_plateau_reduces_a_tensor_learning_rate_in_place_and_rejects_factor_zero():
+    param = torch.zeros(2, requires_grad=True)
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    optimizer = torch.optim.SGD([param], lr=lr)
+    scheduler = ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
+    scheduler.step(1.0)
+    scheduler.step(1.0)
+    assert optimizer.param_groups[0]["lr"] is lr and float(lr) == 0.05
+    with pytest.raises(ValueError, match=r"factor must lie in \(0.0, 1.0\), got 0"):
+        ReduceLROnPlateau(optimizer, factor=0)
+
+
+def test_plateau_with_per_group_floors_refuses_a_group_added_later():
+    optimizer = make_optimizer("torch.SGD")
+    scheduler = ReduceLROnPlateau(optimizer, min_lr=[0.0, 0.0])
+    optimizer.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": 0.3})
+    with pytest.raises(
+        RuntimeError,
+        match=(
+            r"^the optimizer has 3 param groups but min_lr has 2 values \(a group was added after "
+            r"the scheduler was built\); set scheduler.min_lrs$"
+        ),
+    ):
+        scheduler.step(1.0)
