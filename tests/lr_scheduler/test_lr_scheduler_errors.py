@@ -149,6 +149,18 @@ INVALID = [
         "min_lr has 3 values",
     ),
     (
+        "plateau eps",
+        lambda o: ReduceLROnPlateau(o, eps=-1e-9),
+        ValueError,
+        r"^eps must lie in \[0.0, inf\), got -1e-09$",
+    ),
+    (
+        "plateau factor zero",
+        lambda o: ReduceLROnPlateau(o, factor=0.0),
+        ValueError,
+        r"^factor must lie in \(0.0, 1.0\), got 0.0$",
+    ),
+    (
         "warmup longer than run",
         lambda o: WarmupCosine(o, warmup_steps=100, total_steps=50),
         ValueError,
