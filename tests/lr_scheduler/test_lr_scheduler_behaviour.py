@@ -642,3 +642,12 @@ def test_plateau_with_per_group_floors_refuses_a_group_added_later():
         ),
     ):
         scheduler.step(1.0)
+
+
+@pytest.mark.parametrize("three_phase", [False, True])
+def test_one_cycle_ends_exactly_at_its_lowest_rate_after_total_steps(three_phase):
+    optimizer = make_optimizer("ours.SGD")
+    scheduler = OneCycleLR(optimizer, [0.4, 0.1], total_steps=10, three_phase=three_phase)
+    lr_curve(optimizer, scheduler, 10)  # the usual loop: 10 optimizer steps, 10 scheduler steps
+    assert scheduler.last_epoch == 10
+    assert scheduler.get_last_lr() == [0.4 / 25 / 1e4, 0.1 / 25 / 1e4]
