@@ -68,9 +68,13 @@ def test_main_prints_and_saves_json(tmp_path, capsys):
     code = bench_e2e.main(["--quick", "--threads", "1", "--models", "cnn", "--steps", "1",
                            "--json", str(path)])
     assert code == 0
-    assert "| cnn (0.7M) | 1 | ours |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| cnn (0.7M) | 1 | ours |" in out
+    assert "| cnn | 1 | 47 |" in out  # flat mode's gradient cost, one line per model and threads
     saved = json.loads(path.read_text())
     assert [r["candidate"] for r in saved["rows"]] == CONTENDERS
+    [cost] = saved["flat_gradient_cost"]
+    assert cost["model"] == "cnn" and cost["zero_ms"] > 0 and cost["accumulate_ms"] > 0
 
 
 @pytest.mark.parametrize("argv, message", [
