@@ -104,15 +104,14 @@ def test_bad_points_and_bad_definitions_are_rejected():
     with pytest.raises(ValueError, match=r"rosenbrock takes points of shape \(\.\.\., 2\), got"):
         FUNCTIONS["rosenbrock"](torch.zeros(3))
     box = ((-1.0, 1.0), (-1.0, 1.0))
-    args = {"name": "f", "title": "F", "fn": FUNCTIONS["saddle"].fn, "box": box,
-            "difficulty": "none"}  # fmt: skip
+    args = {"name": "f", "title": "F", "fn": FUNCTIONS["saddle"].fn, "difficulty": "none"}
     with pytest.raises(ValueError, match=r"f: start \(2\.0, 0\.0\) lies outside the box"):
-        Function2D(**args, start=(2.0, 0.0), minimum=None, minimum_value=None)
+        Function2D(**args, box=box, start=(2.0, 0.0), minimum=None, minimum_value=None)
     with pytest.raises(ValueError, match="give both minimum and minimum_value"):
-        Function2D(**args, start=(0.0, 0.0), minimum=(0.0, 0.0), minimum_value=None)
+        Function2D(**args, box=box, start=(0.0, 0.0), minimum=(0.0, 0.0), minimum_value=None)
     with pytest.raises(ValueError, match="box needs low < high"):
-        Function2D(**{**args, "box": ((1.0, -1.0), (-1.0, 1.0))}, start=(0.0, 0.0),
-                   minimum=None, minimum_value=None)  # fmt: skip
+        flipped = ((1.0, -1.0), (-1.0, 1.0))
+        Function2D(**args, box=flipped, start=(0.0, 0.0), minimum=None, minimum_value=None)
 
 
 # --- runs and tuning -------------------------------------------------------------------------
@@ -252,8 +251,13 @@ def test_committed_gallery_lists_the_current_functions_and_optimizers():
         assert entry["start"] == list(FUNCTIONS[name].start), f"{name}: {stale}"
         assert (GALLERY_DIR / f"{name}.png").exists(), stale
     assert (GALLERY_DIR / gallery.OVERVIEW_NAME).exists(), stale
-    settings = {"steps": gallery.STEPS, "n_trials": gallery.N_TRIALS, "seed": gallery.SEED,
-                "lr_range": list(gallery.LR_RANGE), "tail": gallery.TAIL}  # fmt: skip
+    settings = {
+        "steps": gallery.STEPS,
+        "n_trials": gallery.N_TRIALS,
+        "seed": gallery.SEED,
+        "lr_range": list(gallery.LR_RANGE),
+        "tail": gallery.TAIL,
+    }
     assert data["settings"] == settings, stale
 
 

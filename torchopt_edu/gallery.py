@@ -336,10 +336,8 @@ def _draw(
         axes.plot(*path[-1], "o", color=colors[optimizer], markersize=4)
     axes.plot(*function.start, "ko", markersize=6, label="start")
     if function.minimum is not None:
-        axes.plot(
-            *function.minimum, "*", color="gold", markeredgecolor="k", markersize=13,
-            label="minimum",
-        )  # fmt: skip
+        star = {"color": "gold", "markeredgecolor": "k", "markersize": 13}
+        axes.plot(*function.minimum, "*", **star, label="minimum")
     (x_low, x_high), (y_low, y_high) = function.box
     axes.set_xlim(x_low, x_high)
     axes.set_ylim(y_low, y_high)
