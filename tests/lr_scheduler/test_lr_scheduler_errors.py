@@ -123,7 +123,18 @@ INVALID = [
         "threshold_mode.*'pct'",
     ),
     ("plateau factor one", lambda o: ReduceLROnPlateau(o, factor=1.0), ValueError, "factor.*1.0"),
-    ("plateau patience", lambda o: ReduceLROnPlateau(o, patience=-1), ValueError, "patience.*-1"),
+    (
+        "plateau patience",
+        lambda o: ReduceLROnPlateau(o, patience=-1),
+        ValueError,
+        r"^patience must be >= 0, got -1$",
+    ),
+    (
+        "plateau cooldown negative",
+        lambda o: ReduceLROnPlateau(o, cooldown=-1),
+        ValueError,
+        r"^cooldown must be >= 0, got -1$",
+    ),
     (
         "plateau cooldown",
         lambda o: ReduceLROnPlateau(o, cooldown=1.5),
@@ -134,7 +145,7 @@ INVALID = [
         "plateau threshold",
         lambda o: ReduceLROnPlateau(o, threshold=-1e-4),
         ValueError,
-        "threshold.*-0.0001",
+        r"^threshold must lie in \[0.0, inf\), got -0.0001$",
     ),
     (
         "plateau min_lr per group",
