@@ -28,6 +28,7 @@ EXTRAS["dev"] = EXTRAS["all"] + EXTRAS["docs"] + [
     "nbmake>=1.4",
     "ipykernel>=6",
     "ruff>=0.4",
+    "lion-pytorch>=0.2",  # reference for the Lion parity tests
 ]
 
 setup(

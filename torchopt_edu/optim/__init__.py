@@ -9,11 +9,12 @@ from torch.optim import Optimizer
 
 from torchopt_edu.optim.adagrad import Adagrad
 from torchopt_edu.optim.adam import Adam, AdamW
+from torchopt_edu.optim.lion import Lion
 from torchopt_edu.optim.rmsprop import RMSprop
 from torchopt_edu.optim.sgd import SGD, Momentum
 from torchopt_edu.optim.yogi import Yogi
 
-__all__ = ["SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Yogi", "OPTIMIZERS"]
+__all__ = ["SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Yogi", "Lion", "OPTIMIZERS"]
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     "sgd": SGD,
@@ -23,4 +24,5 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
     "adam": Adam,
     "adamw": AdamW,
     "yogi": Yogi,
+    "lion": Lion,
 }
