@@ -9,12 +9,25 @@ from torch.optim import Optimizer
 
 from torchopt_edu.optim.adagrad import Adagrad
 from torchopt_edu.optim.adam import Adam, AdamW
+from torchopt_edu.optim.hypergradient import SGDHD, AdamHD
 from torchopt_edu.optim.lion import Lion
 from torchopt_edu.optim.rmsprop import RMSprop
 from torchopt_edu.optim.sgd import SGD, Momentum
 from torchopt_edu.optim.yogi import Yogi
 
-__all__ = ["SGD", "Momentum", "Adagrad", "RMSprop", "Adam", "AdamW", "Yogi", "Lion", "OPTIMIZERS"]
+__all__ = [
+    "SGD",
+    "Momentum",
+    "Adagrad",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+    "Yogi",
+    "Lion",
+    "SGDHD",
+    "AdamHD",
+    "OPTIMIZERS",
+]
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     "sgd": SGD,
@@ -25,4 +38,6 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
     "adamw": AdamW,
     "yogi": Yogi,
     "lion": Lion,
+    "sgdhd": SGDHD,
+    "adamhd": AdamHD,
 }
