@@ -103,10 +103,14 @@ def _check_param_state(
                 raise ValueError(
                     f"{where}: state[{key!r}] must be a tensor, got {_describe(value)}"
                 )
-            if value.shape != param.shape:
+            # Most state has the parameter's shape; some (Prodigy's slices) has its own, and
+            # keys in the optimizer's ``broadcast_state`` may also be a 0-d constant.
+            broadcast = key in getattr(optimizer, "broadcast_state", ()) and value.dim() == 0
+            if value.shape != template.shape and not broadcast:
+                expected = "the parameter has" if template.shape == param.shape else "expected"
                 raise ValueError(
-                    f"{where}: state[{key!r}] has shape {tuple(value.shape)} but the parameter "
-                    f"has shape {tuple(param.shape)} (a checkpoint of another model?)"
+                    f"{where}: state[{key!r}] has shape {tuple(value.shape)} but {expected} "
+                    f"shape {tuple(template.shape)} (a checkpoint of another model?)"
                 )
             if value.is_complex() != param.is_complex() or not (
                 value.is_floating_point() or value.is_complex()

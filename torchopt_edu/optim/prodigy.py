@@ -1,0 +1,416 @@
+"""Prodigy: Adam whose step size d is estimated on the fly (learning-rate free)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, Impl
+from torchopt_edu.optim._checks import (
+    as_float,
+    check_beta,
+    check_betas,
+    check_int,
+    check_lr,
+    check_non_negative,
+    check_number,
+)
+from torchopt_edu.optim._shared import directed_grads
+
+__all__ = ["Prodigy", "ProdigyHyper"]
+
+#: Options that define the one d estimate shared by every param group: all groups must agree.
+SHARED_OPTIONS = (
+    "betas", "beta3", "d0", "d_coef", "growth_rate", "use_bias_correction", "decouple"
+)
+
+
+@dataclass(frozen=True)
+class ProdigyHyper(Hyper):
+    """What one Prodigy update reads: the group's options and the shared estimate of d.
+
+    ``lr`` is the group's own rate (the largest rate of all groups, or 0 for a frozen group);
+    ``dlr`` is :math:`d_k \\gamma \\rho_k` with the largest rate; ``d_next`` is
+    :math:`d_{k+1}` (equal to ``d`` until the statistics of this step are reduced).
+    """
+
+    beta1: float
+    beta2: float
+    beta3: float
+    eps: float
+    weight_decay: float
+    decouple: bool
+    safeguard_warmup: bool
+    slice_p: int
+    d0: float
+    d: float
+    dlr: float
+    d_next: float
+
+    @property
+    def l2(self) -> float:
+        """The L2 penalty added to the gradient (0 when the decay is decoupled)."""
+        return 0.0 if self.decouple else self.weight_decay
+
+
+class Prodigy(EduOptimizer):
+    r"""Prodigy (Mishchenko and Defazio, 2024, https://arxiv.org/abs/2306.06101): Adam with
+    the distance to the solution, d, estimated as training goes.
+
+    At step :math:`k` (``k`` in the param group, from 0), with :math:`x_0` the starting point
+    (``state["p0"]``), :math:`\gamma` = ``lr`` (leave it at 1) and
+    :math:`\rho_k = \sqrt{1-\beta_2^{k+1}}/(1-\beta_1^{k+1})` if ``use_bias_correction``
+    else 1:
+
+    .. math::
+        g_k &\leftarrow g_k + \lambda x_k \quad\text{(decouple=False: L2 penalty)} \\
+        \eta_k &= d_k \gamma \rho_k \qquad\text{(dlr)} \\
+        r_{k+1} &= \beta_3 r_k + \tfrac{d_k}{d_0}\, \eta_k \langle g_k, x_0 - x_k \rangle
+            \qquad\text{(d\_numerator)} \\
+        s_{k+1} &= \beta_3 s_k + \tfrac{d_k}{d_0}\, \eta_k\, g_k
+            \quad(\tfrac{d_k}{d_0}\, d_k\, g_k \text{ if safeguard\_warmup}) \\
+        \hat d_{k+1} &= c\, \frac{r_{k+1}}{\lVert s_{k+1} \rVert_1}, \quad
+        d_{\max} \leftarrow \max(d_{\max}, \hat d_{k+1}), \quad
+        d_{k+1} = \min(d_{\max},\ \omega\, d_k)
+            \quad(\max(d_k, \hat d_{k+1}) \text{ first if } d_k = d_0) \\
+        m_{k+1} &= \beta_1 m_k + (1-\beta_1)\, d_k\, g_k, \qquad
+        v_{k+1} = \beta_2 v_k + (1-\beta_2)\, d_k^2\, g_k^2 \\
+        x_k &\leftarrow (1 - \lambda\eta_k)\, x_k \quad\text{(decouple=True)} \\
+        x_{k+1} &= x_k - \eta_k\, \frac{m_{k+1}}{\sqrt{v_{k+1}} + d_{k+1}\epsilon}
+            \quad\left(\eta_k d_{k+1} \frac{g_k}{\sqrt{v_{k+1}} + d_{k+1}\epsilon}
+            \text{ if } \beta_1 = 0\right)
+
+    with :math:`c` = ``d_coef``, :math:`\omega` = ``growth_rate``,
+    :math:`\beta_3` = ``beta3`` (default :math:`\sqrt{\beta_2}`). The inner product and
+    :math:`\lVert s\rVert_1` run over every parameter of every param group (with ``slice_p``
+    > 1 over every ``slice_p``-th entry only, which saves memory and approximates Prodigy),
+    so there is one d for the whole optimizer. If :math:`\lVert s_{k+1}\rVert_1 = 0` (no
+    gradient yet), the moments are updated but nothing else changes, as in the reference.
+
+    **Reading d.** As in the reference ``prodigyopt``, the estimate lives in the param groups:
+    ``optimizer.param_groups[0]["d"]`` (and ``"d_max"``, ``"d_hat"``, ``"d_numerator"``,
+    ``"d_denom"``, ``"k"``); the effective learning rate is ``d * lr``. Per parameter:
+    ``step`` (an int), ``s``, ``p0`` (a 0-d zero when the parameter started all zeros, as in
+    the reference, which saves memory), ``exp_avg`` (m, if ``betas[0] > 0``) and ``exp_avg_sq``
+    (v). The reference's state dicts load here, and ours there.
+
+    **Param groups.** The options that define d (``betas``, ``beta3``, ``d0``, ``d_coef``,
+    ``growth_rate``, ``use_bias_correction``, ``decouple``) must be the same in every group,
+    and every group's ``lr`` must be the largest one or 0 (``ValueError`` otherwise, before
+    anything changes). ``weight_decay``, ``eps``, ``safeguard_warmup`` and ``slice_p`` may
+    differ. A group with ``lr=0`` is frozen: it adds nothing to d and its parameters do not
+    move (the reference still applies weight decay and the stale first moment there).
+
+    Defaults (as the reference): ``lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8,
+    weight_decay=0, decouple=True, use_bias_correction=False, safeguard_warmup=False,
+    d0=1e-6, d_coef=1.0, growth_rate=inf, slice_p=1``. Real parameters only; ``flat=True``
+    is not supported.
+
+    When to use it: when you do not want to tune Adam's learning rate; Prodigy finds it
+    (usually within a small factor of the best tuned one). Keep a schedule (cosine decay)
+    for the best results, and use ``safeguard_warmup=True`` with a warm-up schedule.
+
+    Implementations: the per-tensor loop below, line for line the equations; the
+    multi-tensor ``torch._foreach_*`` path; and (the default, for ``betas[0] > 0``) the
+    statistics in foreach form followed by torch's fused Adam kernel for the moments and the
+    step: :math:`m, v` above are Adam's moments of the gradient :math:`d_k g_k`, and with a
+    step count of infinity (bias corrections 1), learning rate :math:`\eta_k` and
+    :math:`\epsilon` scaled to :math:`d_{k+1}\epsilon` the kernel computes the same update.
+    """
+
+    hyper = ProdigyHyper
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        beta3: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decouple: bool = True,
+        use_bias_correction: bool = False,
+        safeguard_warmup: bool = False,
+        d0: float = 1e-6,
+        d_coef: float = 1.0,
+        growth_rate: float = math.inf,
+        slice_p: int = 1,
+        *,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        flat: bool = False,
+    ) -> None:
+        check_lr(lr)
+        check_betas(betas)
+        if beta3 is not None:
+            check_beta("beta3", beta3)
+        check_number("eps", eps, 0.0, open_low=True)
+        check_non_negative("weight_decay", weight_decay)
+        check_number("d0", d0, 0.0, open_low=True)
+        check_number("d_coef", d_coef, 0.0, open_low=True)
+        if growth_rate != math.inf:
+            check_number("growth_rate", growth_rate, 0.0, open_low=True)
+        check_int("slice_p", slice_p, minimum=1)
+        if flat:
+            raise ValueError(
+                "Prodigy does not support flat=True (its d estimate keeps statistics of "
+                "another shape than the parameters); use flat=False"
+            )
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            beta3=beta3,
+            eps=eps,
+            weight_decay=weight_decay,
+            d=d0,
+            d0=d0,
+            d_max=d0,
+            d_numerator=0.0,
+            d_coef=d_coef,
+            k=0,
+            growth_rate=growth_rate,
+            use_bias_correction=bool(use_bias_correction),
+            decouple=bool(decouple),
+            safeguard_warmup=bool(safeguard_warmup),
+            slice_p=slice_p,
+            foreach=foreach,
+            fused=fused,
+        )
+        self._deferred: list[tuple[Bucket, ProdigyHyper, Impl]] = []
+        super().__init__(params, defaults, flat=flat)
+
+    # -- options and state ------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; its d options and lr must fit the groups already there."""
+        if isinstance(param_group, dict) and self.param_groups:
+            self._check_group_fits({**self.defaults, **param_group}, len(self.param_groups))
+        super().add_param_group(param_group)
+
+    def _check_group_fits(self, group: dict[str, Any], index: int) -> None:
+        first = self.param_groups[0]
+        for key in SHARED_OPTIONS:
+            if group[key] != first[key]:
+                raise ValueError(
+                    f"Prodigy estimates one d for all param groups, so {key} must be the same "
+                    f"in each: param group {index} has {group[key]!r}, group 0 has {first[key]!r}"
+                )
+        lr, lr_max = as_float(group["lr"]), self._lr_max([*self.param_groups, group])
+        if lr not in (0.0, lr_max):
+            raise ValueError(
+                f"Prodigy: every param group's lr must be the largest lr ({lr_max}) or 0, "
+                f"param group {index} has lr={lr}"
+            )
+
+    @staticmethod
+    def _lr_max(groups: list[dict[str, Any]]) -> float:
+        return max(as_float(group["lr"]) for group in groups)
+
+    def _check_grads(self, group: dict[str, Any], grads: list[Tensor]) -> None:
+        index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        self._check_group_fits(group, index)
+        if any(grad.is_complex() for grad in grads):
+            raise RuntimeError(f"Prodigy supports real parameters only (param group {index})")
+
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        sliced = param.detach().reshape(-1)[:: group["slice_p"]]
+        state["step"] = 0
+        state["s"] = torch.zeros_like(sliced)
+        if param.is_meta or param.any():
+            state["p0"] = sliced.clone()
+        else:  # all zeros: a 0-d zero stands for x_0, as in the reference
+            state["p0"] = torch.zeros((), dtype=param.dtype, device=param.device)
+        if as_float(group["betas"][0]) > 0:
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    broadcast_state = frozenset({"p0"})
+    """State keys that may be a 0-d tensor standing for a constant (checked on load)."""
+
+    def _hyper(self, group: dict[str, Any]) -> ProdigyHyper:
+        """The group's record, with d, dlr from the first group (the one estimate)."""
+        first = self.param_groups[0] if self.param_groups else group
+        beta1, beta2 = (as_float(beta) for beta in group["betas"])
+        beta3 = math.sqrt(beta2) if group["beta3"] is None else as_float(group["beta3"])
+        k, d = first["k"], first["d"]
+        rho = 1.0
+        if group["use_bias_correction"]:
+            rho = math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1))
+        return ProdigyHyper(
+            lr=as_float(group["lr"]),
+            beta1=beta1,
+            beta2=beta2,
+            beta3=beta3,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decouple=bool(group["decouple"]),
+            safeguard_warmup=bool(group["safeguard_warmup"]),
+            slice_p=check_int("slice_p", group["slice_p"], minimum=1),
+            d0=group["d0"],
+            d=d,
+            dlr=d * self._lr_max(self.param_groups or [group]) * rho,
+            d_next=d,
+        )
+
+    def _fuse_blocker(self, group: dict[str, Any]) -> str | None:
+        if not as_float(group["betas"][0]) > 0:
+            return "with betas[0] = 0 the step uses d_{k+1} g, not Adam's first moment"
+        return None
+
+    # -- one step: statistics of every group, then d, then the updates -----------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One Prodigy step over all param groups; ``closure`` re-evaluates the model."""
+        self._deferred = []
+        try:
+            loss = super().step(closure)  # checks, creates state, hands buckets to _run
+            self._estimate_and_update()
+        finally:
+            self._deferred = []
+        return loss
+
+    def _run(self, group: dict[str, Any], bucket: Bucket, hyper: Hyper) -> None:
+        """Keep the bucket: d needs the statistics of all groups before any update."""
+        assert isinstance(hyper, ProdigyHyper)
+        if hyper.l2 != 0:  # the penalised gradient feeds both the statistics and the update
+            bucket.grads = directed_grads(bucket.grads, bucket.params, False, hyper.l2)
+        self._deferred.append((bucket, hyper, self._choose_impl(group, bucket)))
+
+    def _estimate_and_update(self) -> None:
+        first = self.param_groups[0]
+        active = [(b, h, impl) for b, h, impl in self._deferred if h.lr > 0]
+        numerator, denominator = 0.0, 0.0
+        for bucket, h, impl in active:
+            statistics = prodigy_statistics_loop if impl == "loop" else prodigy_statistics_foreach
+            part_numerator, part_denominator = statistics(bucket, h)
+            numerator += part_numerator
+            denominator += part_denominator
+        if denominator == 0:  # no gradient information yet: update the moments only
+            for bucket, h, _ in active:
+                prodigy_moments_foreach(bucket, h)
+            return
+        h0 = active[0][1]
+        d, d_max = first["d"], first["d_max"]
+        d_numerator = first["d_numerator"] * h0.beta3 + numerator
+        d_hat = first["d_coef"] * d_numerator / denominator
+        if d == first["d0"]:
+            d = max(d, d_hat)
+        d_max = max(d_max, d_hat)
+        d = min(d_max, d * first["growth_rate"])
+        for bucket, h, impl in active:
+            self._dispatch(bucket, replace(h, d_next=d), impl)
+        for bucket, _, _ in self._deferred:
+            for state in bucket.states:
+                state["step"] += 1
+        for group in self.param_groups:
+            group.update(
+                d_numerator=d_numerator, d_denom=denominator, d=d, d_max=d_max, d_hat=d_hat
+            )
+            group["k"] += 1
+
+
+# ---------------------------------------------------------------------------------------
+# implementations: the statistics for d (loop, foreach), then the updates (loop, foreach, fused)
+
+
+def _sliced(tensors: list[Tensor], slice_p: int) -> list[Tensor]:
+    """Every ``slice_p``-th entry of each tensor, flattened (a view where possible)."""
+    return [t.reshape(-1)[::slice_p] for t in tensors]
+
+
+def _s_coefficient(h: ProdigyHyper) -> float:
+    return (h.d / h.d0) * (h.d if h.safeguard_warmup else h.dlr)
+
+
+def prodigy_statistics_loop(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
+    """Per tensor: update ``s``; return this bucket's part of r (its increment) and ||s||_1."""
+    numerator, denominator = 0.0, 0.0
+    for param, grad, s, p0 in zip(b.params, b.grads, b.state("s"), b.state("p0"), strict=True):
+        grad, x = grad.reshape(-1)[:: h.slice_p], param.reshape(-1)[:: h.slice_p]
+        numerator += (h.d / h.d0) * h.dlr * torch.dot(grad, p0 - x).item()  # <g, x0 - x>
+        s.mul_(h.beta3).add_(grad, alpha=_s_coefficient(h))  # s = b3 s + (d/d0) dlr g
+        denominator += s.abs().sum().item()
+    return numerator, denominator
+
+
+def prodigy_statistics_foreach(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
+    """:func:`prodigy_statistics_loop` with multi-tensor kernels and one synchronisation."""
+    grads, xs, ss = _sliced(b.grads, h.slice_p), _sliced(b.params, h.slice_p), b.state("s")
+    differences = torch._foreach_sub(b.state("p0"), xs)  # x0 - x (a 0-d p0 broadcasts)
+    dots = torch.stack([torch.dot(g, diff) for g, diff in zip(grads, differences, strict=True)])
+    del differences
+    torch._foreach_mul_(ss, h.beta3)
+    torch._foreach_add_(ss, grads, alpha=_s_coefficient(h))
+    norms = torch.stack(torch._foreach_norm(ss, 1))
+    dot_sum, norm_sum = torch.stack([dots.double().sum(), norms.double().sum()]).tolist()
+    return (h.d / h.d0) * h.dlr * dot_sum, norm_sum
+
+
+def prodigy_moments_foreach(b: Bucket, h: ProdigyHyper) -> None:
+    """m = b1 m + (1-b1) d g and v = b2 v + (1-b2) d^2 g^2, with the d of this step."""
+    if h.beta1 > 0:
+        exp_avgs = b.state("exp_avg")
+        torch._foreach_mul_(exp_avgs, h.beta1)
+        torch._foreach_add_(exp_avgs, b.grads, alpha=h.d * (1 - h.beta1))
+    exp_avg_sqs = b.state("exp_avg_sq")
+    torch._foreach_mul_(exp_avg_sqs, h.beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, b.grads, b.grads, value=h.d * h.d * (1 - h.beta2))
+
+
+def prodigy_loop(b: Bucket, h: ProdigyHyper) -> None:
+    """Per tensor, line for line the moment and step equations of :class:`Prodigy`."""
+    exp_avgs = b.state("exp_avg") if h.beta1 > 0 else [None] * len(b.params)
+    for param, grad, m, v in zip(b.params, b.grads, exp_avgs, b.state("exp_avg_sq"), strict=True):
+        if m is not None:
+            m.mul_(h.beta1).add_(grad, alpha=h.d * (1 - h.beta1))  # m = b1 m + (1-b1) d g
+        v.mul_(h.beta2).addcmul_(grad, grad, value=h.d * h.d * (1 - h.beta2))
+        denom = v.sqrt().add_(h.d_next * h.eps)
+        if h.decouple and h.weight_decay != 0:
+            param.add_(param, alpha=-h.weight_decay * h.dlr)  # x = (1 - wd dlr) x
+        if m is not None:
+            param.addcdiv_(m, denom, value=-h.dlr)
+        else:
+            param.addcdiv_(grad, denom, value=-h.dlr * h.d_next)  # beta1 = 0: d_{k+1} g
+
+
+def prodigy_foreach(b: Bucket, h: ProdigyHyper) -> None:
+    """The same update as :func:`prodigy_loop` with one multi-tensor kernel per line."""
+    prodigy_moments_foreach(b, h)
+    denom = torch._foreach_sqrt(b.state("exp_avg_sq"))
+    torch._foreach_add_(denom, h.d_next * h.eps)
+    if h.decouple and h.weight_decay != 0:
+        torch._foreach_add_(b.params, b.params, alpha=-h.weight_decay * h.dlr)
+    if h.beta1 > 0:
+        torch._foreach_addcdiv_(b.params, b.state("exp_avg"), denom, value=-h.dlr)
+    else:
+        torch._foreach_addcdiv_(b.params, b.grads, denom, value=-h.dlr * h.d_next)
+
+
+def prodigy_fused(b: Bucket, h: ProdigyHyper) -> None:
+    """Moments and step as torch's fused Adam on the gradient d g (class docstring)."""
+    no_bias_correction = torch.full((), math.inf, device=b.device)
+    kernel = torch._fused_adamw_ if h.decouple else torch._fused_adam_
+    kernel(
+        b.params,
+        torch._foreach_mul(b.grads, h.d),
+        b.state("exp_avg"),
+        b.state("exp_avg_sq"),
+        [],
+        [no_bias_correction] * len(b.params),
+        lr=h.dlr,
+        beta1=h.beta1,
+        beta2=h.beta2,
+        weight_decay=h.weight_decay if h.decouple else 0.0,  # L2 is already in the gradient
+        eps=h.d_next * h.eps,
+        amsgrad=False,
+        maximize=False,
+    )
+
+
+Prodigy.paths = {"loop": prodigy_loop, "foreach": prodigy_foreach, "fused": prodigy_fused}
