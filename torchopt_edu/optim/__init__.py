@@ -11,7 +11,9 @@ from torchopt_edu.optim.adagrad import Adagrad
 from torchopt_edu.optim.adam import Adam, AdamW
 from torchopt_edu.optim.hypergradient import SGDHD, AdamHD
 from torchopt_edu.optim.lion import Lion
+from torchopt_edu.optim.prodigy import Prodigy
 from torchopt_edu.optim.rmsprop import RMSprop
+from torchopt_edu.optim.schedulefree import AdamWScheduleFree, SGDScheduleFree
 from torchopt_edu.optim.sgd import SGD, Momentum
 from torchopt_edu.optim.yogi import Yogi
 
@@ -26,6 +28,9 @@ __all__ = [
     "Lion",
     "SGDHD",
     "AdamHD",
+    "SGDScheduleFree",
+    "AdamWScheduleFree",
+    "Prodigy",
     "OPTIMIZERS",
 ]
 
@@ -38,6 +43,9 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
     "adamw": AdamW,
     "yogi": Yogi,
     "lion": Lion,
+    "sgdschedulefree": SGDScheduleFree,
+    "adamwschedulefree": AdamWScheduleFree,
+    "prodigy": Prodigy,
     "sgdhd": SGDHD,
     "adamhd": AdamHD,
 }
