@@ -11,6 +11,7 @@ from torchopt_edu.optim.adagrad import Adagrad
 from torchopt_edu.optim.adam import Adam, AdamW
 from torchopt_edu.optim.hypergradient import SGDHD, AdamHD
 from torchopt_edu.optim.lion import Lion
+from torchopt_edu.optim.muon import Muon
 from torchopt_edu.optim.prodigy import Prodigy
 from torchopt_edu.optim.rmsprop import RMSprop
 from torchopt_edu.optim.schedulefree import AdamWScheduleFree, SGDScheduleFree
@@ -28,6 +29,7 @@ __all__ = [
     "Lion",
     "SGDHD",
     "AdamHD",
+    "Muon",
     "SGDScheduleFree",
     "AdamWScheduleFree",
     "Prodigy",
@@ -48,4 +50,5 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
     "prodigy": Prodigy,
     "sgdhd": SGDHD,
     "adamhd": AdamHD,
+    "muon": Muon,
 }
