@@ -19,14 +19,18 @@ parts: ``zero_grad``, forward plus backward, and ``step``; the table reports med
 ratio to torch's fastest, at one thread and at torch's default thread count.
 
 When flat mode loses: used as documented, it makes autograd add every new gradient into the
-zeroed buffer in place (a memset and a read-read-write pass over the gradients) where torch
-keeps the fresh gradient tensor for free. That work is measured apart from the model
-(:func:`flat_gradient_cost`, best of N, stable on a busy machine): 2.6 ms per iteration for
-the transformer's 3.2M parameters and 0.25 ms for the ResNet's 0.7M at one thread, about 1%
-and 0.2% of their forward plus backward. It is not the buffer views' alignment (every
-parameter of both models starts on a 64-byte boundary). The flat step saves about as much
-on these models (tens of large tensors), so flat mode breaks even or loses about 1% end to
-end here; it wins where the step has thousands of small tensors (see :mod:`torchopt_edu.bench`).
+zeroed buffer in place (a memset and a read-read-write pass) and then free the fresh gradient,
+where torch keeps the fresh gradient tensor as ``.grad``. The passes themselves, timed apart
+from the model (:func:`flat_gradient_cost`), are 1.6 to 1.9 ms per iteration for the
+transformer's 3.2M parameters at one thread (about 1% of its forward plus backward) and 0.2 to
+0.3 ms for the ResNet's 0.7M. On a quiet machine flat mode's forward plus backward on the
+transformer is nevertheless about 5% slower; the rest is glibc's allocator: the freed
+megabyte-sized gradients are handed back to the operating system and page-faulted in again at
+the next allocation. With ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set to 1
+GiB (nothing handed back) the slowdown fell to about 1%. It is not the buffer views' alignment:
+every parameter of both models starts on a 64-byte boundary. The flat step saves less than that
+on these models (tens of large tensors), so flat mode loses end to end here; it wins where the
+step has thousands of small tensors (see :mod:`torchopt_edu.bench`).
 """
 
 from __future__ import annotations
