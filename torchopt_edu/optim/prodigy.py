@@ -319,6 +319,30 @@ class Prodigy(EduOptimizer):
 # implementations: the statistics for d (loop, foreach), then the updates (loop, foreach, fused)
 
 
+#: Elements per slice of a bucket in the multi-tensor paths. Their temporaries (x0 - x, d g,
+#: the denominators) are allocated per slice, so they come from memory the allocator has just
+#: freed (no fresh pages to fault in, often still in cache) instead of a bucket-sized block.
+CHUNK_ELEMENTS = 1 << 18
+
+
+def _chunks(b: Bucket, elements: int = CHUNK_ELEMENTS) -> list[Bucket]:
+    """Consecutive sub-buckets of ``b``, each of whole tensors and about ``elements`` in all."""
+    parts, start, total = [], 0, 0
+    for i, param in enumerate(b.params):
+        if i > start and total + param.numel() > elements:
+            parts.append(slice(start, i))
+            start, total = i, 0
+        total += param.numel()
+    parts.append(slice(start, len(b.params)))
+    if len(parts) == 1:
+        return [b]
+    return [
+        Bucket(params=b.params[part], grads=b.grads[part], states=b.states[part],
+               is_complex=b.is_complex, first_step=b.first_step)
+        for part in parts
+    ]
+
+
 def _sliced(tensors: list[Tensor], slice_p: int) -> list[Tensor]:
     """Every ``slice_p``-th entry of each tensor, flattened (a view where possible)."""
     return [t.reshape(-1)[::slice_p] for t in tensors]
@@ -341,14 +365,19 @@ def prodigy_statistics_loop(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
 
 def prodigy_statistics_foreach(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
     """:func:`prodigy_statistics_loop` with multi-tensor kernels and one synchronisation."""
-    grads, xs, ss = _sliced(b.grads, h.slice_p), _sliced(b.params, h.slice_p), b.state("s")
-    differences = torch._foreach_sub(b.state("p0"), xs)  # x0 - x (a 0-d p0 broadcasts)
-    dots = torch.stack([torch.dot(g, diff) for g, diff in zip(grads, differences, strict=True)])
-    del differences
-    torch._foreach_mul_(ss, h.beta3)
-    torch._foreach_add_(ss, grads, alpha=_s_coefficient(h))
-    norms = torch.stack(torch._foreach_norm(ss, 1))
-    dot_sum, norm_sum = torch.stack([dots.double().sum(), norms.double().sum()]).tolist()
+    dots, norms = [], []
+    for part in _chunks(b):
+        grads, xs = _sliced(part.grads, h.slice_p), _sliced(part.params, h.slice_p)
+        ss = part.state("s")
+        differences = torch._foreach_sub(part.state("p0"), xs)  # x0 - x (a 0-d p0 broadcasts)
+        dots += [torch.dot(g, diff) for g, diff in zip(grads, differences, strict=True)]
+        del differences
+        torch._foreach_mul_(ss, h.beta3)
+        torch._foreach_add_(ss, grads, alpha=_s_coefficient(h))
+        norms += torch._foreach_norm(ss, 1)
+    dot_sum, norm_sum = torch.stack(
+        [torch.stack(dots).double().sum(), torch.stack(norms).double().sum()]
+    ).tolist()
     return (h.d / h.d0) * h.dlr * dot_sum, norm_sum
 
 
@@ -381,36 +410,38 @@ def prodigy_loop(b: Bucket, h: ProdigyHyper) -> None:
 
 def prodigy_foreach(b: Bucket, h: ProdigyHyper) -> None:
     """The same update as :func:`prodigy_loop` with one multi-tensor kernel per line."""
-    prodigy_moments_foreach(b, h)
-    denom = torch._foreach_sqrt(b.state("exp_avg_sq"))
-    torch._foreach_add_(denom, h.d_next * h.eps)
-    if h.decouple and h.weight_decay != 0:
-        torch._foreach_add_(b.params, b.params, alpha=-h.weight_decay * h.dlr)
-    if h.beta1 > 0:
-        torch._foreach_addcdiv_(b.params, b.state("exp_avg"), denom, value=-h.dlr)
-    else:
-        torch._foreach_addcdiv_(b.params, b.grads, denom, value=-h.dlr * h.d_next)
+    for part in _chunks(b):
+        prodigy_moments_foreach(part, h)
+        denom = torch._foreach_sqrt(part.state("exp_avg_sq"))
+        torch._foreach_add_(denom, h.d_next * h.eps)
+        if h.decouple and h.weight_decay != 0:
+            torch._foreach_add_(part.params, part.params, alpha=-h.weight_decay * h.dlr)
+        if h.beta1 > 0:
+            torch._foreach_addcdiv_(part.params, part.state("exp_avg"), denom, value=-h.dlr)
+        else:
+            torch._foreach_addcdiv_(part.params, part.grads, denom, value=-h.dlr * h.d_next)
 
 
 def prodigy_fused(b: Bucket, h: ProdigyHyper) -> None:
     """Moments and step as torch's fused Adam on the gradient d g (class docstring)."""
     no_bias_correction = torch.full((), math.inf, device=b.device)
     kernel = torch._fused_adamw_ if h.decouple else torch._fused_adam_
-    kernel(
-        b.params,
-        torch._foreach_mul(b.grads, h.d),
-        b.state("exp_avg"),
-        b.state("exp_avg_sq"),
-        [],
-        [no_bias_correction] * len(b.params),
-        lr=h.dlr,
-        beta1=h.beta1,
-        beta2=h.beta2,
-        weight_decay=h.weight_decay if h.decouple else 0.0,  # L2 is already in the gradient
-        eps=h.d_next * h.eps,
-        amsgrad=False,
-        maximize=False,
-    )
+    for part in _chunks(b):
+        kernel(
+            part.params,
+            torch._foreach_mul(part.grads, h.d),
+            part.state("exp_avg"),
+            part.state("exp_avg_sq"),
+            [],
+            [no_bias_correction] * len(part.params),
+            lr=h.dlr,
+            beta1=h.beta1,
+            beta2=h.beta2,
+            weight_decay=h.weight_decay if h.decouple else 0.0,  # L2 is already in the gradient
+            eps=h.d_next * h.eps,
+            amsgrad=False,
+            maximize=False,
+        )
 
 
 Prodigy.paths = {"loop": prodigy_loop, "foreach": prodigy_foreach, "fused": prodigy_fused}
