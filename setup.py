@@ -29,6 +29,8 @@ EXTRAS["dev"] = EXTRAS["all"] + EXTRAS["docs"] + [
     "ipykernel>=6",
     "ruff>=0.4",
     "lion-pytorch>=0.2",  # reference for the Lion parity tests
+    "schedulefree>=1.4",  # reference for the Schedule-Free parity tests
+    "prodigyopt>=1.1",  # reference for the Prodigy parity tests
 ]
 
 setup(
