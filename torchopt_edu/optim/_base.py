@@ -20,6 +20,7 @@ flat-buffer mode lives in :mod:`torchopt_edu.optim._flat`.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -199,6 +200,10 @@ def new_step_tensor(param: Tensor, on_param_device: bool) -> Tensor:
     the CPU, where reading it for the bias corrections costs no device synchronisation.
     """
     return torch.zeros((), dtype=torch.float32, device=param.device if on_param_device else "cpu")
+
+
+_GRAD = operator.attrgetter("grad")
+_IS_SPARSE = operator.attrgetter("is_sparse")
 
 
 @dataclass
@@ -387,14 +392,13 @@ class EduOptimizer(Optimizer):
         if self._flat:
             self._flat_groups[index].check_in_buffer()
         params = [p for p in group["params"] if p.grad is not None]
-        grads = [p.grad for p in params]
-        if not self.supports_sparse:
-            for p, grad in zip(params, grads, strict=True):
-                if grad.is_sparse:
-                    raise RuntimeError(
-                        f"{type(self).__name__} does not support sparse gradients (param group "
-                        f"{index}, parameter of shape {tuple(p.shape)}); use SGD or Adagrad"
-                    )
+        grads = list(map(_GRAD, params))
+        if not self.supports_sparse and any(map(_IS_SPARSE, grads)):
+            shape = next(tuple(p.shape) for p in params if p.grad.is_sparse)
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients (param group "
+                f"{index}, parameter of shape {shape}); use SGD or Adagrad"
+            )
         self._check_grads(group, grads)
         if group.get("fused") and params:
             self._check_fusable(group)
@@ -481,7 +485,8 @@ class EduOptimizer(Optimizer):
         if impl != "fused":
             update(bucket, hyper)
             return
-        if [g.stride() for g in bucket.grads] != [p.stride() for p in bucket.params]:
+        # C-level map and list comparison: this runs every step over thousands of tensors
+        if list(map(Tensor.stride, bucket.grads)) != list(map(Tensor.stride, bucket.params)):
             same, other = bucket.split(
                 [g.stride() == p.stride() for g, p in zip(bucket.grads, bucket.params, strict=True)]
             )
