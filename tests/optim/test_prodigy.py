@@ -290,3 +290,27 @@ def test_cuda_default_path_matches_the_cpu_loop(options):
         default.step()
     assert_close_lists([p.cpu() for p in cuda], cpu, torch.float64)
     assert default.param_groups[0]["d"] == pytest.approx(loop.param_groups[0]["d"], rel=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["foreach", "default"])
+def test_slicing_a_bucket_into_chunks_changes_no_number(impl, monkeypatch):
+    """The multi-tensor paths work through a bucket a few tensors at a time (here: chunks of
+    at most 16 elements: the tensors of 12, 5, 12 and 1 elements make 3 chunks)."""
+    import torchopt_edu.optim.prodigy as prodigy_module
+
+    reference = _params_with_a_zero_tensor(torch.float64)
+    candidate = clone_params(reference)
+    theirs, ours = _theirs(reference, slice_p=2), Prodigy(candidate, slice_p=2, **IMPLS[impl])
+    monkeypatch.setattr(prodigy_module, "CHUNK_ELEMENTS", 16)
+    assert len(prodigy_module._chunks(_bucket_of(candidate))) == 3
+    for step in range(20):
+        set_grads([reference, candidate], step)
+        theirs.step()
+        ours.step()
+    assert_close_lists(candidate, reference, torch.float64)
+
+
+def _bucket_of(params: list[torch.Tensor]) -> Any:
+    from torchopt_edu.optim._base import Bucket
+
+    return Bucket(params=params, grads=params, states=[{} for _ in params])

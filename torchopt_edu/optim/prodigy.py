@@ -331,11 +331,11 @@ class Prodigy(EduOptimizer):
 CHUNK_ELEMENTS = 1 << 18
 
 
-def _chunks(b: Bucket, elements: int = CHUNK_ELEMENTS) -> list[Bucket]:
-    """Consecutive sub-buckets of ``b``, each of whole tensors and about ``elements`` in all."""
+def _chunks(b: Bucket) -> list[Bucket]:
+    """Consecutive sub-buckets of ``b``, each of whole tensors, about ``CHUNK_ELEMENTS`` in all."""
     parts, start, total = [], 0, 0
     for i, param in enumerate(b.params):
-        if i > start and total + param.numel() > elements:
+        if i > start and total + param.numel() > CHUNK_ELEMENTS:
             parts.append(slice(start, i))
             start, total = i, 0
         total += param.numel()
@@ -371,13 +371,21 @@ def prodigy_statistics_loop(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
 
 def prodigy_statistics_foreach(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
     """:func:`prodigy_statistics_loop` with multi-tensor kernels and one synchronisation."""
+    parts = _chunks(b)
+    xs_parts = [_sliced(part.params, h.slice_p) for part in parts]
+    # x0 - x goes to one scratch buffer that every slice reuses (no fresh memory per step)
+    scratch = torch.empty(
+        max(sum(x.numel() for x in xs) for xs in xs_parts), dtype=b.params[0].dtype,
+        device=b.device,
+    )
     dots, norms = [], []
-    for part in _chunks(b):
-        grads, xs = _sliced(part.grads, h.slice_p), _sliced(part.params, h.slice_p)
-        ss = part.state("s")
-        differences = torch._foreach_sub(part.state("p0"), xs)  # x0 - x (a 0-d p0 broadcasts)
+    for part, xs in zip(parts, xs_parts, strict=True):
+        grads, ss = _sliced(part.grads, h.slice_p), part.state("s")
+        differences = list(torch.split(scratch[: sum(x.numel() for x in xs)],
+                                       [x.numel() for x in xs]))
+        torch._foreach_copy_(differences, part.state("p0"))  # a 0-d p0 broadcasts
+        torch._foreach_sub_(differences, xs)  # x0 - x
         dots += [torch.dot(g, diff) for g, diff in zip(grads, differences, strict=True)]
-        del differences
         torch._foreach_mul_(ss, h.beta3)
         torch._foreach_add_(ss, grads, alpha=_s_coefficient(h))
         norms += torch._foreach_norm(ss, 1)
