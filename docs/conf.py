@@ -74,21 +74,6 @@ def bench_table(path: Path) -> str:
 myst_substitutions = {"bench_cpu_table": bench_table(ROOT / "docs" / "bench_cpu.json")}
 
 
-# Docstrings that do not parse yet, each with the fix its file's owner is asked for. Only their
-# prose is left out, until fixed, so that -W keeps guarding every other docstring.
-BROKEN_DOCSTRINGS = {
-    "torchopt_edu.tuning": "tuning/__init__.py:7: end the line before the example with '::'",
-}
-
-
-def drop_broken_docstring(
-    app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
-) -> None:
-    """Empty the docstring of an object listed in ``BROKEN_DOCSTRINGS``."""
-    if name in BROKEN_DOCSTRINGS:
-        lines.clear()
-
-
 def skip_function_valued_field(
     app: Sphinx, what: str, name: str, obj: object, skip: bool, options: object
 ) -> bool | None:
@@ -105,5 +90,4 @@ def skip_function_valued_field(
 
 def setup(app: Sphinx) -> None:
     """Connect the hooks above."""
-    app.connect("autodoc-process-docstring", drop_broken_docstring)
     app.connect("autodoc-skip-member", skip_function_valued_field)

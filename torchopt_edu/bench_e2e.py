@@ -35,14 +35,11 @@ step has thousands of small tensors (see :mod:`torchopt_edu.bench`).
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,7 +48,6 @@ from torch.nn import functional as F
 from torch.optim import Optimizer
 
 from torchopt_edu import optim as ours
-from torchopt_edu._argtypes import positive_int
 
 # ---------------------------------------------------------------------------------------
 # the models
@@ -352,43 +348,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m torchopt_edu.bench_e2e`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="python -m torchopt_edu.bench_e2e",
-        description="Whole training iterations (zero_grad, forward, backward, AdamW step): "
-        "ours vs torch.optim's fastest AdamW on a small transformer and a small ResNet.",
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny batches, 3 steps (smoke test)")
-    parser.add_argument("--threads", type=positive_int, nargs="+", default=None,
-                        help="intra-op thread counts to run (default: 1 and torch's default)")
-    parser.add_argument("--models", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
-    parser.add_argument("--steps", type=positive_int, default=None,
-                        help="timed iterations per contender (default 30; quick 3)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark, print the table (and save the JSON); return 0."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.json is not None and not args.json.parent.is_dir():
-        parser.error(f"argument --json: directory {str(args.json.parent)!r} does not exist")
-    rows = run(args.quick, args.threads, args.models, args.steps)
-    costs = [flat_gradient_cost(WORKLOADS[r["model"]], r["threads"], 5 if args.quick else 30)
-             for r in rows if r["candidate"] == "ours flat"]
-    print(f"torch {torch.__version__}, CPU, median of {rows[0]['steps']} interleaved iterations "
-          "after warm-up; ratio = iteration time / torch's fastest AdamW (IQR over rounds)\n")
-    print(format_table(rows))
-    print("\nflat mode's extra gradient work per iteration (best of N, outside the model) "
-          "against the step time it saves:\n")
-    print(format_flat_cost(costs, rows))
-    if args.json is not None:
-        args.json.write_text(json.dumps({"torch": torch.__version__, "rows": rows,
-                                         "flat_gradient_cost": costs}, indent=2))
-    return 0
-
-
 if __name__ == "__main__":
+    from torchopt_edu.cli.bench_e2e import main
+
     raise SystemExit(main())

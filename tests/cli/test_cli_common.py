@@ -13,8 +13,7 @@ import torch
 import torchopt_edu
 from torchopt_edu import cli
 from torchopt_edu.cli import _common
-from torchopt_edu.cli._optimizers import resolve_optimizer
-from torchopt_edu.optim import OPTIMIZERS
+from torchopt_edu.optim import OPTIMIZERS, resolve_optimizer
 
 PACKAGE = Path(torchopt_edu.__file__).parent
 

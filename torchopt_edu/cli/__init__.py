@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gnn": ("torchopt_edu.cli.gnn", "train a GCN on a graph with several optimizers"),
     "federated": ("torchopt_edu.cli.federated", "simulate federated learning on digits"),
     "tune": ("torchopt_edu.cli.tune", "Optuna search over optimizers and hyper-parameters"),
+    "bench-e2e": ("torchopt_edu.cli.bench_e2e",
+                  "whole training steps (forward, backward, AdamW) against torch.optim"),
     "gnn-bench": ("torchopt_edu.cli.gnn_bench", "GCN epoch time, our Adam against torch's"),
     "federated-bench": ("torchopt_edu.cli.federated_bench",
                         "federated rounds per second and framework overhead"),

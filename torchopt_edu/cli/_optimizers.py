@@ -1,9 +1,7 @@
-"""The one optimizer-name resolver of the command line.
+"""Optimizer names on the command line: the package's one resolver as an argparse type.
 
-Every command accepts the same names, case-insensitively: this package's optimizers by their
-key in :data:`torchopt_edu.optim.OPTIMIZERS` (``adam``, ``AdamW``) and torch's as
-``torch.optim.<Name>`` (``torch.optim.Adam``, ``torch.optim.adamw``; ``torch.adam`` is
-accepted too). New optimizers of either library appear without a change here.
+Every command accepts the names of :func:`torchopt_edu.optim.resolve_optimizer`, except the
+classes its training cannot step.
 """
 
 from __future__ import annotations
@@ -12,11 +10,8 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from torch.optim import Optimizer
 
-from torchopt_edu.optim import OPTIMIZERS
-
-TORCH_PREFIX = "torch.optim."
+from torchopt_edu.optim import display_name, resolve_optimizer
 
 #: torch.optim classes that no command's training can step, and why.
 UNSUITABLE = {
@@ -25,47 +20,6 @@ UNSUITABLE = {
 }
 #: torch.optim classes whose ``step`` needs a closure that re-evaluates the loss.
 NEEDS_CLOSURE = ("LBFGS",)
-
-
-def _torch_optimizers() -> dict[str, type[Optimizer]]:
-    """torch.optim's optimizer classes by lower-case name."""
-    return {
-        name.lower(): cls for name, cls in vars(torch.optim).items()
-        if isinstance(cls, type) and issubclass(cls, Optimizer) and cls is not Optimizer
-    }
-
-
-def valid_names() -> str:
-    """The accepted names, for error and help messages."""
-    ours = ", ".join(OPTIMIZERS)
-    theirs = ", ".join(sorted(cls.__name__ for cls in _torch_optimizers().values()))
-    return f"{ours}, or torch.optim.<Name> with <Name> one of {theirs}"
-
-
-def resolve_optimizer(name: str) -> type[Optimizer]:
-    """The optimizer class called ``name`` (ours by key, torch's as ``torch.optim.<Name>``).
-
-    Case-insensitive. Raises ``ValueError`` naming ``name`` and listing the valid names.
-    """
-    key = name.strip().lower()
-    ours = {our_name.lower(): cls for our_name, cls in OPTIMIZERS.items()}
-    if key in ours:
-        return ours[key]
-    for prefix in (TORCH_PREFIX, "torch."):
-        if key.startswith(prefix):
-            theirs = _torch_optimizers().get(key.removeprefix(prefix))
-            if theirs is not None:
-                return theirs
-            break
-    raise ValueError(f"unknown optimizer {name!r}; choose from {valid_names()}")
-
-
-def display_name(cls: type[Optimizer]) -> str:
-    """How tables, files and the tuning library name ``cls``: ``adam`` or ``torch.optim.Adam``."""
-    for name, ours in OPTIMIZERS.items():
-        if ours is cls:
-            return name
-    return TORCH_PREFIX + cls.__name__
 
 
 def optimizer_name(*, closure: bool) -> Callable[[str], str]:

@@ -18,7 +18,8 @@ import torch
 from torchopt_edu import bench
 from torchopt_edu.bench import ALGORITHMS, NOISY_SPREAD, Row
 from torchopt_edu.cli import _argtypes, _common
-from torchopt_edu.cli._optimizers import display_name, optimizer_name
+from torchopt_edu.cli._optimizers import optimizer_name
+from torchopt_edu.optim import display_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from torchopt_edu import demo
 from torchopt_edu.cli import _argtypes, _common
-from torchopt_edu.cli._optimizers import optimizer_name, resolve_optimizer, valid_names
+from torchopt_edu.cli._optimizers import optimizer_name
+from torchopt_edu.optim import resolve_optimizer, valid_names
 
 
 def build_parser() -> _common.Parser:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from torchopt_edu.cli import _common
 from torchopt_edu.cli._argtypes import fraction, non_negative_float, positive_float, positive_int
-from torchopt_edu.cli._optimizers import optimizer_name, resolve_optimizer, valid_names
+from torchopt_edu.cli._optimizers import optimizer_name
 from torchopt_edu.federated.client import LocalTraining, make_clients
 from torchopt_edu.federated.data import MLP, load_digits_split
 from torchopt_edu.federated.partition import (
@@ -39,6 +39,7 @@ from torchopt_edu.federated.partition import (
 )
 from torchopt_edu.federated.simulation import Record, Simulation
 from torchopt_edu.federated.strategy import STRATEGIES, FedOpt, FedProx, Strategy
+from torchopt_edu.optim import resolve_optimizer, valid_names
 
 SERVER_OPTIMIZER_STRATEGIES = ("fedopt", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 HEADER = (

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchopt_edu.cli import _argtypes, _common
-from torchopt_edu.cli._optimizers import optimizer_name, valid_names
+from torchopt_edu.cli._optimizers import optimizer_name
+from torchopt_edu.optim import valid_names
 
 if TYPE_CHECKING:
     from torchopt_edu.tuning import OptimizerConfig, TuneResult

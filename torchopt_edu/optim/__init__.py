@@ -7,6 +7,7 @@ and state keys, so ``torchopt_edu.optim.Adam(model.parameters())`` replaces
 
 from torch.optim import Optimizer
 
+from torchopt_edu.optim._names import display_name, resolve_optimizer, valid_names
 from torchopt_edu.optim.adagrad import Adagrad
 from torchopt_edu.optim.adam import Adam, AdamW
 from torchopt_edu.optim.hypergradient import SGDHD, AdamHD
@@ -34,6 +35,9 @@ __all__ = [
     "AdamWScheduleFree",
     "Prodigy",
     "OPTIMIZERS",
+    "resolve_optimizer",
+    "display_name",
+    "valid_names",
 ]
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {

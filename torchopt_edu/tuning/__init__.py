@@ -4,7 +4,7 @@ Replaces the seed's Bayesian optimisation with scikit-optimize (no longer mainta
 Optuna study: a search space as data, TPE sampling, pruning of bad trials from their intermediate
 values, storage in a database file (resume after an interruption, several workers at once).
 Plots need matplotlib (``[viz]``); the digits task and the SVC example need scikit-learn
-(``[data]``); both are imported only when used.
+(``[data]``); both are imported only when used. For example::
 
     from torchopt_edu.tuning import SearchSpace, LogUniform, tune, supervised_task
 

@@ -17,18 +17,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LRScheduler, StepLR
 
 from torchopt_edu import lr_scheduler
-from torchopt_edu.optim import OPTIMIZERS
+from torchopt_edu.optim import resolve_optimizer
 
 CONSTANT_SCHEDULE = "constant"
 """The schedule name meaning "no schedule": the learning rate stays where the optimizer set it."""
 
-_TORCH_PREFIX = "torch.optim."
 
 
 LR_FACTOR = "lr_factor"
@@ -86,19 +84,12 @@ SCHEDULES: dict[str, Schedule] = {
 def optimizer_class(name: str) -> type[Optimizer]:
     """The optimizer class called ``name``: ours by key, torch's as ``"torch.optim.<Name>"``.
 
+    The package's one resolver, :func:`torchopt_edu.optim.resolve_optimizer` (any case).
+
     Raises:
         ValueError: ``name`` is neither, naming it and listing the valid names.
     """
-    if name in OPTIMIZERS:
-        return OPTIMIZERS[name]
-    if isinstance(name, str) and name.startswith(_TORCH_PREFIX):
-        cls = getattr(torch.optim, name.removeprefix(_TORCH_PREFIX), None)
-        if isinstance(cls, type) and issubclass(cls, Optimizer) and cls is not Optimizer:
-            return cls
-    raise ValueError(
-        f"unknown optimizer {name!r}: use one of {sorted(OPTIMIZERS)} "
-        f"or a torch.optim class as 'torch.optim.<Name>' (e.g. 'torch.optim.Adam')"
-    )
+    return resolve_optimizer(name)
 
 
 def schedule_entry(name: str) -> Schedule | None:
