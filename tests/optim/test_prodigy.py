@@ -302,7 +302,7 @@ def test_slicing_a_bucket_into_chunks_changes_no_number(impl, monkeypatch):
     candidate = clone_params(reference)
     theirs, ours = _theirs(reference, slice_p=2), Prodigy(candidate, slice_p=2, **IMPLS[impl])
     monkeypatch.setattr(prodigy_module, "CHUNK_ELEMENTS", 16)
-    assert len(prodigy_module._chunks(_bucket_of(candidate))) == 3
+    assert len(prodigy_module.chunks(_bucket_of(candidate))) == 3
     for step in range(20):
         set_grads([reference, candidate], step)
         theirs.step()

@@ -325,13 +325,14 @@ class Prodigy(EduOptimizer):
 # implementations: the statistics for d (loop, foreach), then the updates (loop, foreach, fused)
 
 
-#: Elements per slice of a bucket in the multi-tensor paths. Their temporaries (x0 - x, d g,
-#: the denominators) are allocated per slice, so they come from memory the allocator has just
-#: freed (no fresh pages to fault in, often still in cache) instead of a bucket-sized block.
+#: Elements per slice of a bucket in the multi-tensor paths (also Schedule-Free AdamW's fused
+#: path). The several passes of a step then run over one slice at a time, which stays in the
+#: CPU's cache between passes, and temporaries are slice-sized: on one core at 10M parameters
+#: in 200 tensors this made the step 1.3x (Schedule-Free AdamW) to 2x (Prodigy) faster.
 CHUNK_ELEMENTS = 1 << 18
 
 
-def _chunks(b: Bucket) -> list[Bucket]:
+def chunks(b: Bucket) -> list[Bucket]:
     """Consecutive sub-buckets of ``b``, each of whole tensors, about ``CHUNK_ELEMENTS`` in all."""
     parts, start, total = [], 0, 0
     for i, param in enumerate(b.params):
@@ -371,7 +372,7 @@ def prodigy_statistics_loop(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
 
 def prodigy_statistics_foreach(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
     """:func:`prodigy_statistics_loop` with multi-tensor kernels and one synchronisation."""
-    parts = _chunks(b)
+    parts = chunks(b)
     xs_parts = [_sliced(part.params, h.slice_p) for part in parts]
     # x0 - x goes to one scratch buffer that every slice reuses (no fresh memory per step)
     scratch = torch.empty(
@@ -424,7 +425,7 @@ def prodigy_loop(b: Bucket, h: ProdigyHyper) -> None:
 
 def prodigy_foreach(b: Bucket, h: ProdigyHyper) -> None:
     """The same update as :func:`prodigy_loop` with one multi-tensor kernel per line."""
-    for part in _chunks(b):
+    for part in chunks(b):
         prodigy_moments_foreach(part, h)
         denom = torch._foreach_sqrt(part.state("exp_avg_sq"))
         torch._foreach_add_(denom, h.d_next * h.eps)
@@ -440,7 +441,7 @@ def prodigy_fused(b: Bucket, h: ProdigyHyper) -> None:
     """Moments and step as torch's fused Adam on the gradient d g (class docstring)."""
     no_bias_correction = torch.full((), math.inf, device=b.device)
     kernel = torch._fused_adamw_ if h.decouple else torch._fused_adam_
-    for part in _chunks(b):
+    for part in chunks(b):
         kernel(
             part.params,
             torch._foreach_mul(part.grads, h.d),

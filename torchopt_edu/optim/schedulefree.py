@@ -72,6 +72,7 @@ from torchopt_edu.optim._checks import (
     check_non_negative,
     check_number,
 )
+from torchopt_edu.optim.prodigy import chunks
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "SGDScheduleFreeHyper", "AdamWScheduleFreeHyper"]
 
@@ -306,7 +307,8 @@ class AdamWScheduleFree(_ScheduleFree):
     (Adam's first moment with :math:`\beta_1 = 0` is the gradient itself, so the gradient
     buffer serves as it, as in :class:`~torchopt_edu.optim.rmsprop.RMSprop`; the decay
     :math:`\lambda y_t = \lambda((1-\beta_1) z_t + \beta_1 x_t)` is the kernel's decoupled
-    decay of :math:`z` plus one multi-tensor add). Three passes over memory instead of ten.
+    decay of :math:`z` plus one multi-tensor add). Three passes instead of ten, run over one
+    cache-sized slice of the tensors at a time (:func:`torchopt_edu.optim.prodigy.chunks`).
     """
 
     hyper = AdamWScheduleFreeHyper
@@ -438,31 +440,31 @@ def adamw_schedulefree_foreach(b: Bucket, h: AdamWScheduleFreeHyper) -> None:
 
 def adamw_schedulefree_fused(b: Bucket, h: AdamWScheduleFreeHyper) -> None:
     """The update as ``y -> x``, one fused Adam step of ``z``, ``x -> y`` (class docstring)."""
-    zs = b.state("z")
-    torch._foreach_lerp_(b.params, zs, 1 - 1 / h.beta1)  # y_t -> x_t
-    xs = b.params
     # Adam with beta1 = 0 writes m = g into the gradient buffer, which already holds g; its
     # step k + 1 gives the bias correction 1 - beta2^(k+1) (and 1 - 0^(k+1) = 1).
     step = torch.full((), h.k + 1, dtype=torch.float32, device=b.device)
     kernel = torch._fused_adamw_ if h.weight_decay != 0 else torch._fused_adam_
-    kernel(
-        zs,
-        b.grads,
-        b.grads,
-        b.state("exp_avg_sq"),
-        [],
-        [step] * len(zs),
-        lr=h.lr,
-        beta1=0.0,
-        beta2=h.beta2,
-        weight_decay=h.weight_decay * (1 - h.beta1),  # the z part of lambda * y_t
-        eps=h.eps,
-        amsgrad=False,
-        maximize=False,
-    )
-    if h.weight_decay != 0:
-        torch._foreach_add_(zs, xs, alpha=-h.lr * h.weight_decay * h.beta1)  # the x part
-    torch._foreach_lerp_(b.params, zs, 1 - h.beta1 * (1 - h.ckp1))  # x_t -> y_{t+1}
+    for part in chunks(b):  # the three passes over one cache-sized slice at a time
+        zs = part.state("z")
+        torch._foreach_lerp_(part.params, zs, 1 - 1 / h.beta1)  # y_t -> x_t
+        kernel(
+            zs,
+            part.grads,
+            part.grads,
+            part.state("exp_avg_sq"),
+            [],
+            [step] * len(zs),
+            lr=h.lr,
+            beta1=0.0,
+            beta2=h.beta2,
+            weight_decay=h.weight_decay * (1 - h.beta1),  # the z part of lambda * y_t
+            eps=h.eps,
+            amsgrad=False,
+            maximize=False,
+        )
+        if h.weight_decay != 0:  # the x part, with x_t in the parameters
+            torch._foreach_add_(zs, part.params, alpha=-h.lr * h.weight_decay * h.beta1)
+        torch._foreach_lerp_(part.params, zs, 1 - h.beta1 * (1 - h.ckp1))  # x_t -> y_{t+1}
 
 
 SGDScheduleFree.paths = {"loop": sgd_schedulefree_loop, "foreach": sgd_schedulefree_foreach}
