@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from torchopt_edu.optim._checks import is_real, normalise_flags
+from torchopt_edu.optim._checks import (
+    check_betas,
+    check_flag,
+    is_real,
+    normalise_flags,
+)
 
 if TYPE_CHECKING:
     from torchopt_edu.optim._base import EduOptimizer
@@ -58,6 +63,7 @@ def check_state_dict(optimizer: EduOptimizer, state_dict: Any) -> None:
             )
         merged = {**group, **{k: v for k, v in saved_group.items() if k != "params"}}
         try:
+            _check_options(optimizer.defaults, merged)
             optimizer._hyper(normalise_flags(merged))
         except (TypeError, ValueError, KeyError) as error:
             raise ValueError(
@@ -78,6 +84,20 @@ def check_state_dict(optimizer: EduOptimizer, state_dict: Any) -> None:
                 _check_param_state(
                     optimizer, merged, param, state, f"param group {g}, parameter {index}"
                 )
+
+
+def _check_options(defaults: dict[str, Any], group: dict[str, Any]) -> None:
+    """Each option the optimizer knows has a value of its kind: a number, a flag, a pair."""
+    for key, default in defaults.items():
+        value = group.get(key)
+        if key == "betas":
+            check_betas(value)
+        elif isinstance(default, bool) or (default is None and key in ("foreach", "fused")):
+            if not (value is None and default is None):
+                check_flag(key, value)
+        elif is_real(default) or key == "lr":
+            if not (is_real(value) or (isinstance(value, Tensor) and value.numel() == 1)):
+                raise TypeError(f"{key} must be a number, got {_describe(value)}")
 
 
 def _check_param_state(
