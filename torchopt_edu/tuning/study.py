@@ -263,7 +263,7 @@ def _check_search_space(
     )
 
 
-def tune(
+def tune(  # noqa: C901 (argument checks, then one loop)
     train: TrainFn,
     space: SearchSpace | None = None,
     *,
