@@ -352,6 +352,8 @@ def chunks(b: Bucket) -> list[Bucket]:
 
 def _sliced(tensors: list[Tensor], slice_p: int) -> list[Tensor]:
     """Every ``slice_p``-th entry of each tensor, flattened (a view where possible)."""
+    if slice_p == 1:
+        return [t.reshape(-1) for t in tensors]
     return [t.reshape(-1)[::slice_p] for t in tensors]
 
 
@@ -384,9 +386,8 @@ def prodigy_statistics_foreach(b: Bucket, h: ProdigyHyper) -> tuple[float, float
         grads, ss = _sliced(part.grads, h.slice_p), part.state("s")
         differences = list(torch.split(scratch[: sum(x.numel() for x in xs)],
                                        [x.numel() for x in xs]))
-        torch._foreach_copy_(differences, part.state("p0"))  # a 0-d p0 broadcasts
-        torch._foreach_sub_(differences, xs)  # x0 - x
-        dots += [torch.dot(g, diff) for g, diff in zip(grads, differences, strict=True)]
+        for g, p0, x, diff in zip(grads, part.state("p0"), xs, differences, strict=True):
+            dots.append(torch.dot(g, torch.sub(p0, x, out=diff)))  # <g, x0 - x>
         torch._foreach_mul_(ss, h.beta3)
         torch._foreach_add_(ss, grads, alpha=_s_coefficient(h))
         norms += torch._foreach_norm(ss, 1)
