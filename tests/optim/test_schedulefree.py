@@ -282,9 +282,10 @@ def test_cuda_default_path_matches_the_cpu_loop(name):
     assert_close_lists([p.cpu() for p in cuda], cpu, torch.float64)
 
 
-def test_the_fused_path_in_cache_sized_slices_changes_no_number(monkeypatch):
+@pytest.mark.parametrize(("name", "impl"), [("sgd", "foreach"), ("adamw", "fused")])
+def test_the_fast_paths_in_cache_sized_slices_change_no_number(name, impl, monkeypatch):
     import torchopt_edu.optim.prodigy as prodigy_module
 
     monkeypatch.setattr(prodigy_module, "CHUNK_ELEMENTS", 16)  # 3 slices of make_params
-    reference, candidate, *_ = _run_both("adamw", OPTIONS["adamw"][1], "fused", torch.float64, 30)
+    reference, candidate, *_ = _run_both(name, OPTIONS[name][1], impl, torch.float64, 30)
     assert_close_lists(candidate, reference, torch.float64)

@@ -398,13 +398,13 @@ def sgd_schedulefree_loop(b: Bucket, h: SGDScheduleFreeHyper) -> None:
 
 def sgd_schedulefree_foreach(b: Bucket, h: SGDScheduleFreeHyper) -> None:
     """The same update as :func:`sgd_schedulefree_loop` with one multi-tensor kernel per line."""
-    zs = b.state("z")
-    u = b.grads
-    if h.weight_decay != 0:
-        u = torch._foreach_add(b.grads, b.params, alpha=h.weight_decay)
-    torch._foreach_lerp_(b.params, zs, h.ckp1)
-    torch._foreach_add_(b.params, u, alpha=h.lr * (h.momentum * (1 - h.ckp1) - 1))
-    torch._foreach_sub_(zs, u, alpha=h.lr)
+    for part in chunks(b):  # the passes over one cache-sized slice at a time
+        zs, u = part.state("z"), part.grads
+        if h.weight_decay != 0:
+            u = torch._foreach_add(part.grads, part.params, alpha=h.weight_decay)
+        torch._foreach_lerp_(part.params, zs, h.ckp1)
+        torch._foreach_add_(part.params, u, alpha=h.lr * (h.momentum * (1 - h.ckp1) - 1))
+        torch._foreach_sub_(zs, u, alpha=h.lr)
 
 
 def adamw_schedulefree_loop(b: Bucket, h: AdamWScheduleFreeHyper) -> None:
