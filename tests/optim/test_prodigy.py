@@ -255,7 +255,7 @@ def test_groups_must_share_the_d_options_and_lr():
         Prodigy([{"params": [a]}, {"params": [b], "betas": (0.8, 0.99)}])
     with pytest.raises(ValueError, match=r"largest lr \(1.0\) or 0, param group 1 has lr=0.5"):
         Prodigy([{"params": [a]}, {"params": [b], "lr": 0.5}])
-    optimizer = Prodigy([{"params": [a]}, {"params": [b]}])
+    optimizer = Prodigy([{"params": [a]}, {"params": [b], "betas": [0.9, 0.999]}])  # a list
     with pytest.raises(ValueError, match="d_coef must be the same"):
         optimizer.add_param_group({"params": [c], "d_coef": 2.0})
     assert len(optimizer.param_groups) == 2

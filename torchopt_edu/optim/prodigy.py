@@ -201,7 +201,7 @@ class Prodigy(EduOptimizer):
     def _check_group_fits(self, group: dict[str, Any], index: int) -> None:
         first = self.param_groups[0]
         for key in SHARED_OPTIONS:
-            if group[key] != first[key]:
+            if _canonical(group[key]) != _canonical(first[key]):
                 raise ValueError(
                     f"Prodigy estimates one d for all param groups, so {key} must be the same "
                     f"in each: param group {index} has {group[key]!r}, group 0 has {first[key]!r}"
@@ -319,6 +319,11 @@ class Prodigy(EduOptimizer):
                 d_numerator=d_numerator, d_denom=denominator, d=d, d_max=d_max, d_hat=d_hat
             )
             group["k"] += 1
+
+
+def _canonical(value: Any) -> Any:
+    """An option as compared across groups: betas as a tuple of floats, whatever the input."""
+    return tuple(as_float(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 # ---------------------------------------------------------------------------------------
