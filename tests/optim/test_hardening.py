@@ -455,3 +455,12 @@ def test_a_checkpoint_with_an_option_of_the_wrong_kind_is_refused(option, value)
     with pytest.raises(ValueError, match="param group 0 of the checkpoint has a bad option"):
         optimizer.load_state_dict(saved)
     assert optimizer.param_groups[0]["lr"] == lr_before
+
+
+def test_a_checkpoint_saved_with_the_default_path_loads_into_a_fused_optimizer():
+    params = [_leaf(torch.randn(3))]
+    saved = _stepped(ours.Adam, params).state_dict()
+    assert saved["param_groups"][0]["fused"] is None
+    fused = ours.Adam([_leaf(params[0].detach())], fused=True)
+    fused.load_state_dict(saved)
+    assert fused.param_groups[0]["fused"] is None  # the checkpoint's options win, as in torch

@@ -21,6 +21,7 @@ from torch import Tensor
 from torchopt_edu.optim._checks import (
     check_betas,
     check_flag,
+    check_optional_flag,
     is_real,
     normalise_flags,
 )
@@ -92,9 +93,10 @@ def _check_options(defaults: dict[str, Any], group: dict[str, Any]) -> None:
         value = group.get(key)
         if key == "betas":
             check_betas(value)
-        elif isinstance(default, bool) or (default is None and key in ("foreach", "fused")):
-            if not (value is None and default is None):
-                check_flag(key, value)
+        elif key in ("foreach", "fused"):
+            check_optional_flag(key, value)
+        elif isinstance(default, bool):
+            check_flag(key, value)
         elif is_real(default) or key == "lr":
             if not (is_real(value) or (isinstance(value, Tensor) and value.numel() == 1)):
                 raise TypeError(f"{key} must be a number, got {_describe(value)}")
