@@ -159,3 +159,37 @@ def test_cuda_matches_cpu():
         cpu_opt.step()
         cuda_opt.step()
     assert_close_lists([p.cpu() for p in cuda], cpu, torch.float64)
+
+
+@pytest.mark.parametrize("options", [dict(foreach=True), dict(flat=True)], ids=["foreach", "flat"])
+def test_the_fast_path_in_pieces_gives_the_loops_numbers(monkeypatch, options):
+    """Pieces of 5 elements: whole small tensors gathered, large ones sliced, and a transposed
+    (non-contiguous) parameter kept whole."""
+    from torchopt_edu.optim import lion
+
+    monkeypatch.setattr(lion, "PIECE", 5)
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(2,), (3,), (4, 3), (1,), (13,), (6, 2)]
+    reference = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+    reference.append(torch.randn(3, 4, generator=generator, dtype=torch.float64).T)
+    reference = [p.requires_grad_() for p in reference]
+    candidate = clone_params(reference)
+    if "flat" not in options:
+        assert not candidate[-1].is_contiguous()
+    ours = Lion(candidate, lr=1e-2, weight_decay=0.1, **options)
+    loop = Lion(reference, lr=1e-2, weight_decay=0.1, foreach=False)
+    for step in range(10):
+        set_grads([reference, candidate], step)
+        loop.step()
+        ours.step()
+    for a, b in zip(candidate, reference, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_pieces_gather_small_tensors_and_slice_large_contiguous_ones():
+    from torchopt_edu.optim.lion import pieces
+
+    tensors = [torch.zeros(s) for s in [(2,), (3,), (4, 3), (1,), (13,), (6, 2)]]
+    tensors.append(torch.zeros(3, 4).T)  # not contiguous: stays whole
+    sizes = [[t.numel() for t in piece[0]] for piece in pieces([tensors, tensors], 5)]
+    assert sizes == [[2, 3], [5], [5], [2, 1, 5], [5], [3, 5], [5], [2, 12]]

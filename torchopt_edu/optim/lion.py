@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,14 +99,51 @@ def lion_loop(b: Bucket, h: LionHyper) -> None:
 
 
 def lion_foreach(b: Bucket, h: LionHyper) -> None:
-    """The same update as :func:`lion_loop` with one multi-tensor kernel per line."""
-    exp_avgs = b.state("exp_avg")
+    """The same update as :func:`lion_loop` with one multi-tensor kernel per line, piece by piece.
+
+    Each piece of about ``PIECE`` elements goes through all four kernels before the next one
+    starts: the later kernels then read the piece's momentum and gradient from the CPU cache,
+    and the temporary ``signs`` reuses the memory the previous piece freed (a fresh allocation
+    for the whole bucket costs a page fault per page on every step).
+    """
     grads = directed_grads(b.grads, b.params, h.maximize, 0.0)
-    signs = torch._foreach_lerp(exp_avgs, grads, 1 - h.beta1)
-    torch._foreach_sign_(signs)
-    decay_weights_(b.params, h.lr, h.weight_decay)
-    torch._foreach_add_(b.params, signs, alpha=-h.lr)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - h.beta2)
+    for params, grads_piece, exp_avgs in pieces([b.params, grads, b.state("exp_avg")], PIECE):
+        signs = torch._foreach_lerp(exp_avgs, grads_piece, 1 - h.beta1)  # c
+        torch._foreach_sign_(signs)
+        decay_weights_(params, h.lr, h.weight_decay)
+        torch._foreach_add_(params, signs, alpha=-h.lr)
+        torch._foreach_lerp_(exp_avgs, grads_piece, 1 - h.beta2)
+
+
+#: Elements per piece of :func:`lion_foreach` (1 MiB per float32 tensor: the piece's four
+#: streams stay in a CPU's last-level cache).
+PIECE = 1 << 18
+
+
+def pieces(tensors: list[list[Tensor]], size: int) -> Iterator[list[list[Tensor]]]:
+    """Parallel lists of tensors (params, grads, a state) regrouped into pieces of about
+    ``size`` elements, for elementwise updates.
+
+    Small tensors are gathered whole; a tensor larger than ``size`` is cut into flat slices
+    when it and its parallel tensors are all contiguous (the slices of each then hold the same
+    elements), and otherwise stays whole.
+    """
+    piece: list[list[Tensor]] = [[] for _ in tensors]
+    count = 0
+    for parallel in zip(*tensors, strict=True):
+        if parallel[0].numel() > size and all(t.is_contiguous() for t in parallel):
+            parts = zip(*(t.view(-1).split(size) for t in parallel), strict=True)
+        else:
+            parts = iter([parallel])
+        for part in parts:
+            for group, tensor in zip(piece, part, strict=True):
+                group.append(tensor)
+            count += part[0].numel()
+            if count >= size:
+                yield piece
+                piece, count = [[] for _ in tensors], 0
+    if piece[0]:
+        yield piece
 
 
 Lion.paths = {"loop": lion_loop, "foreach": lion_foreach}
