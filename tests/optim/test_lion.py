@@ -182,8 +182,8 @@ def test_the_fast_path_in_pieces_gives_the_loops_numbers(monkeypatch, options):
         set_grads([reference, candidate], step)
         loop.step()
         ours.step()
-    for a, b in zip(candidate, reference, strict=True):
-        assert torch.equal(a, b)
+    # with weight decay the fast path's fused SGD kernel rounds the decay differently
+    assert_close_lists(candidate, reference, torch.float64)
 
 
 def test_pieces_gather_small_tensors_and_slice_large_contiguous_ones():

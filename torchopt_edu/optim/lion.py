@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper
+from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, fused_supported
 from torchopt_edu.optim._checks import check_betas, check_lr, check_non_negative
 from torchopt_edu.optim._shared import decay_weights_, directed_grad, directed_grads
 
@@ -51,7 +51,10 @@ class Lion(EduOptimizer):
     vision tasks, and worse at small batch sizes, where the sign amplifies gradient noise.
 
     Implementations: the per-tensor loop below and a multi-tensor path of four
-    ``torch._foreach_*`` kernels (five with weight decay). No torch fused kernel computes a sign.
+    ``torch._foreach_*`` kernels run piece by piece (see :func:`lion_foreach`). No torch fused
+    kernel computes a sign, but with weight decay torch's fused SGD kernel computes
+    :math:`\theta - \gamma(\operatorname{sign}(c_t) + \lambda\theta)`, the decay and the step in one
+    pass (equal to the loop's two up to rounding).
     """
 
     hyper = LionHyper
@@ -110,8 +113,23 @@ def lion_foreach(b: Bucket, h: LionHyper) -> None:
     for params, grads_piece, exp_avgs in pieces([b.params, grads, b.state("exp_avg")], PIECE):
         signs = torch._foreach_lerp(exp_avgs, grads_piece, 1 - h.beta1)  # c
         torch._foreach_sign_(signs)
-        decay_weights_(params, h.lr, h.weight_decay)
-        torch._foreach_add_(params, signs, alpha=-h.lr)
+        if h.weight_decay != 0 and fused_supported(params[0]):
+            # theta -= lr * (sign(c) + wd * theta): decay and step in one pass
+            torch._fused_sgd_(
+                params,
+                signs,
+                [],
+                weight_decay=h.weight_decay,
+                momentum=0.0,
+                lr=h.lr,
+                dampening=0.0,
+                nesterov=False,
+                maximize=False,
+                is_first_step=False,
+            )
+        else:
+            decay_weights_(params, h.lr, h.weight_decay)
+            torch._foreach_add_(params, signs, alpha=-h.lr)
         torch._foreach_lerp_(exp_avgs, grads_piece, 1 - h.beta2)
 
 
