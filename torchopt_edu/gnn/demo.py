@@ -37,6 +37,9 @@ DATASETS: dict[str, Dataset] = {
 DEMO_LR: dict[str, float] = {
     "sgd": 0.3, "momentum": 0.3, "adagrad": 0.1, "rmsprop": 0.01,
     "adam": 0.01, "adamw": 0.01, "yogi": 0.03,
+    # the frontier optimizers, from the same grid on the SBM graph (30 epochs, test acc >= 0.9)
+    "lion": 0.03, "sgdhd": 0.3, "adamhd": 0.01, "muon": 0.1,
+    "sgdschedulefree": 1.0, "adamwschedulefree": 0.03, "prodigy": 1.0,
 }
 
 
