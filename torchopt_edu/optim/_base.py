@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from itertools import repeat
 from typing import Any, ClassVar
 
 import torch
@@ -391,8 +392,11 @@ class EduOptimizer(Optimizer):
         """Gather the group's parameters with gradients; raise if the step must be refused."""
         if self._flat:
             self._flat_groups[index].check_in_buffer()
-        params = [p for p in group["params"] if p.grad is not None]
+        params = group["params"]
         grads = list(map(_GRAD, params))
+        if any(map(operator.is_, grads, repeat(None))):  # C-level: this runs every step
+            params = [p for p, grad in zip(params, grads, strict=True) if grad is not None]
+            grads = list(map(_GRAD, params))
         if not self.supports_sparse and any(map(_IS_SPARSE, grads)):
             shape = next(tuple(p.shape) for p in params if p.grad.is_sparse)
             raise RuntimeError(
@@ -485,8 +489,11 @@ class EduOptimizer(Optimizer):
         if impl != "fused":
             update(bucket, hyper)
             return
-        # C-level map and list comparison: this runs every step over thousands of tensors
-        if list(map(Tensor.stride, bucket.grads)) != list(map(Tensor.stride, bucket.params)):
+        # C-level maps: this runs every step over thousands of tensors, nearly all contiguous
+        if not (
+            all(map(Tensor.is_contiguous, bucket.params))
+            and all(map(Tensor.is_contiguous, bucket.grads))
+        ) and list(map(Tensor.stride, bucket.grads)) != list(map(Tensor.stride, bucket.params)):
             same, other = bucket.split(
                 [g.stride() == p.stride() for g, p in zip(bucket.grads, bucket.params, strict=True)]
             )
