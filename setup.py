@@ -7,8 +7,11 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 # The version lives in one place, torchopt_edu/__init__.py (read, not imported: that needs torch).
-VERSION = re.search(r'^__version__ = "([^"]+)"',
-                    (HERE / "torchopt_edu" / "__init__.py").read_text(encoding="utf-8"), re.M)[1]
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"',
+    (HERE / "torchopt_edu" / "__init__.py").read_text(encoding="utf-8"),
+    re.M,
+)[1]
 REPOSITORY = "https://github.com/torchopt-edu/torchopt-edu"
 
 EXTRAS = {
@@ -21,17 +24,21 @@ EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["notebooks"] = EXTRAS["all"] + ["jupyterlab>=4", "ipykernel>=6"]
 # Not in "all": only for building the documentation site (docs/).
 EXTRAS["docs"] = ["sphinx>=7.2", "myst-nb>=1.1", "furo>=2024.1"]
-EXTRAS["dev"] = EXTRAS["all"] + EXTRAS["docs"] + [
-    "pytest>=7",
-    "pytest-xdist>=3",
-    "hypothesis>=6",
-    "nbmake>=1.4",
-    "ipykernel>=6",
-    "ruff>=0.4",
-    "lion-pytorch>=0.2",  # reference for the Lion parity tests
-    "schedulefree>=1.4",  # reference for the Schedule-Free parity tests
-    "prodigyopt>=1.1",  # reference for the Prodigy parity tests
-]
+EXTRAS["dev"] = (
+    EXTRAS["all"]
+    + EXTRAS["docs"]
+    + [
+        "pytest>=7",
+        "pytest-xdist>=3",
+        "hypothesis>=6",
+        "nbmake>=1.4",
+        "ipykernel>=6",
+        "ruff>=0.4",
+        "lion-pytorch>=0.2",  # reference for the Lion parity tests
+        "schedulefree>=1.4",  # reference for the Schedule-Free parity tests
+        "prodigyopt>=1.1",  # reference for the Prodigy parity tests
+    ]
+)
 
 setup(
     name="torchopt-edu",

@@ -20,8 +20,10 @@ def quick_rows():
 
 
 def test_models_have_the_documented_sizes():
-    counts = {name: sum(p.numel() for p in w.build().parameters())
-              for name, w in bench_e2e.WORKLOADS.items()}
+    counts = {
+        name: sum(p.numel() for p in w.build().parameters())
+        for name, w in bench_e2e.WORKLOADS.items()
+    }
     assert round(counts["transformer"] / 1e6, 1) == 3.2
     assert round(counts["cnn"] / 1e6, 1) == 0.7
 
@@ -66,8 +68,9 @@ def test_format_table_is_markdown_with_a_line_per_row(quick_rows):
 
 def test_main_prints_and_saves_json(tmp_path, capsys):
     path = tmp_path / "e2e.json"
-    code = cli_bench_e2e.main(["--quick", "--threads", "1", "--models", "cnn", "--steps", "1",
-                           "--json", str(path)])
+    code = cli_bench_e2e.main(
+        ["--quick", "--threads", "1", "--models", "cnn", "--steps", "1", "--json", str(path)]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "| cnn (0.7M) | 1 | ours |" in out
@@ -78,11 +81,14 @@ def test_main_prints_and_saves_json(tmp_path, capsys):
     assert cost["model"] == "cnn" and cost["zero_ms"] > 0 and cost["accumulate_ms"] > 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--threads", "0"], "--threads: must be an integer >= 1, got 0"),
-    (["--models", "mlp"], "invalid choice: 'mlp'"),
-    (["--json", "/proc/e2e.json"], "--json"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--threads", "0"], "--threads: must be an integer >= 1, got 0"),
+        (["--models", "mlp"], "invalid choice: 'mlp'"),
+        (["--json", "/proc/e2e.json"], "--json"),
+    ],
+)
 def test_main_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_bench_e2e.main(argv)

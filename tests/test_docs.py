@@ -33,10 +33,23 @@ def build(tmp_path: Path) -> Path:
     """Build the site from scratch (no cache) and return its HTML folder."""
     out = tmp_path / "html"
     doctrees = out.parent / "doctrees"
-    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-               "-d", str(doctrees), str(DOCS), str(out)]
-    built = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                           check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-q",
+        "-b",
+        "html",
+        "-d",
+        str(doctrees),
+        str(DOCS),
+        str(out),
+    ]
+    built = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
     assert built.returncode == 0, f"sphinx-build failed:\n{built.stdout}\n{built.stderr}"
     return out
 
@@ -67,16 +80,23 @@ def check_adam_equations_reach_mathjax(site: Path) -> None:
 
 def check_every_optimizer_has_a_documented_page(site: Path) -> None:
     documented = _documented_objects(site)
-    missing = [f"{cls.__module__}.{cls.__qualname__}" for cls in OPTIMIZERS.values()
-               if f"{cls.__module__}.{cls.__qualname__}" not in documented]
+    missing = [
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in OPTIMIZERS.values()
+        if f"{cls.__module__}.{cls.__qualname__}" not in documented
+    ]
     assert not missing, f"add a page under docs/algorithms/ (copy adam.md) for: {missing}"
 
 
 def check_application_packages_are_documented(site: Path) -> None:
     documented = _documented_objects(site)
-    for name in ("torchopt_edu.lr_scheduler.OneCycleLR", "torchopt_edu.multitask.pcgrad",
-                 "torchopt_edu.tuning.SearchSpace", "torchopt_edu.gnn.GCN",
-                 "torchopt_edu.federated.FedAdam"):
+    for name in (
+        "torchopt_edu.lr_scheduler.OneCycleLR",
+        "torchopt_edu.multitask.pcgrad",
+        "torchopt_edu.tuning.SearchSpace",
+        "torchopt_edu.gnn.GCN",
+        "torchopt_edu.federated.FedAdam",
+    ):
         module, _, attribute = name.rpartition(".")
         # Documented under the name of the package it is imported from, or where it is defined.
         defined_in = getattr(__import__(module, fromlist=[attribute]), attribute).__module__
@@ -89,8 +109,11 @@ def check_notebooks_are_rendered_with_their_outputs(site: Path) -> None:
     for notebook in notebooks:
         html = (site / "notebooks" / f"{notebook.stem}.html").read_text(encoding="utf-8")
         stored = json.loads(notebook.read_text(encoding="utf-8"))
-        images = sum("image/png" in output.get("data", {})
-                     for cell in stored["cells"] for output in cell.get("outputs", []))
+        images = sum(
+            "image/png" in output.get("data", {})
+            for cell in stored["cells"]
+            for output in cell.get("outputs", [])
+        )
         assert html.count("<img") >= images, f"{notebook.name}: stored plots missing"
         assert "cell_output" in html, f"{notebook.name}: no outputs shown"
 
@@ -99,7 +122,10 @@ def check_benchmark_table_comes_from_the_stored_run(site: Path) -> None:
     html = (site / "benchmarks.html").read_text(encoding="utf-8")
     run = json.loads((DOCS / "bench_cpu.json").read_text(encoding="utf-8"))
     first = run["rows"][0]
-    row = re.search(rf"<td[^>]*><p>{first['candidate']}</p></td>\s*"
-                    rf"<td[^>]*><p>{first['ms_per_step']:.2f}</p></td>", html)
+    row = re.search(
+        rf"<td[^>]*><p>{first['candidate']}</p></td>\s*"
+        rf"<td[^>]*><p>{first['ms_per_step']:.2f}</p></td>",
+        html,
+    )
     assert row, "the first row of docs/bench_cpu.json is not in the rendered table"
     assert "bench_cpu.png" in html

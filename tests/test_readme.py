@@ -18,8 +18,13 @@ def _block(marker: str) -> str:
 
 
 def test_drop_in_example_runs_in_a_fresh_interpreter():
-    completed = subprocess.run([sys.executable, "-c", _block("drop-in-example")],
-                               capture_output=True, text=True, timeout=120, check=False)
+    completed = subprocess.run(
+        [sys.executable, "-c", _block("drop-in-example")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert completed.returncode == 0, completed.stderr
     loss = float(re.search(r"loss after 100 steps: ([0-9.]+)", completed.stdout).group(1))
     assert loss < 0.9  # it trained: the targets are unit-variance noise fit by 16 hidden units

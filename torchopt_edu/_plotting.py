@@ -49,5 +49,6 @@ def identical_to(curves: Mapping[str, Sequence[float]], rtol: float = 1e-6) -> d
 def legend_labels(curves: Mapping[str, Sequence[float]], rtol: float = 1e-6) -> dict[str, str]:
     """Each curve's legend label: its name, with ``(identical to X)`` where it repeats ``X``."""
     twins = identical_to(curves, rtol)
-    return {name: f"{name} (identical to {twins[name]})" if name in twins else name
-            for name in curves}
+    return {
+        name: f"{name} (identical to {twins[name]})" if name in twins else name for name in curves
+    }

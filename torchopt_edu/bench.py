@@ -53,19 +53,54 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in [
-        Algorithm("sgd", lambda p, **k: ours.SGD(p, lr=0.01, momentum=0.9, **k),
-                  torch.optim.SGD, dict(lr=0.01, momentum=0.9), ("loop", "foreach", "fused"), 5),
-        Algorithm("momentum", lambda p, **k: ours.Momentum(p, lr=0.01, beta=0.9, **k),
-                  torch.optim.SGD, dict(lr=0.01, momentum=0.9, dampening=0.9),
-                  ("loop", "foreach", "fused"), 5),
-        Algorithm("adagrad", lambda p, **k: ours.Adagrad(p, **k), torch.optim.Adagrad, {},
-                  ("loop", "foreach", "fused"), 5),
-        Algorithm("rmsprop", lambda p, **k: ours.RMSprop(p, **k), torch.optim.RMSprop, {},
-                  ("loop", "foreach"), 5),
-        Algorithm("adam", lambda p, **k: ours.Adam(p, **k), torch.optim.Adam, {},
-                  ("loop", "foreach", "fused"), 7),
-        Algorithm("adamw", lambda p, **k: ours.AdamW(p, **k), torch.optim.AdamW, {},
-                  ("loop", "foreach", "fused"), 7),
+        Algorithm(
+            "sgd",
+            lambda p, **k: ours.SGD(p, lr=0.01, momentum=0.9, **k),
+            torch.optim.SGD,
+            dict(lr=0.01, momentum=0.9),
+            ("loop", "foreach", "fused"),
+            5,
+        ),
+        Algorithm(
+            "momentum",
+            lambda p, **k: ours.Momentum(p, lr=0.01, beta=0.9, **k),
+            torch.optim.SGD,
+            dict(lr=0.01, momentum=0.9, dampening=0.9),
+            ("loop", "foreach", "fused"),
+            5,
+        ),
+        Algorithm(
+            "adagrad",
+            lambda p, **k: ours.Adagrad(p, **k),
+            torch.optim.Adagrad,
+            {},
+            ("loop", "foreach", "fused"),
+            5,
+        ),
+        Algorithm(
+            "rmsprop",
+            lambda p, **k: ours.RMSprop(p, **k),
+            torch.optim.RMSprop,
+            {},
+            ("loop", "foreach"),
+            5,
+        ),
+        Algorithm(
+            "adam",
+            lambda p, **k: ours.Adam(p, **k),
+            torch.optim.Adam,
+            {},
+            ("loop", "foreach", "fused"),
+            7,
+        ),
+        Algorithm(
+            "adamw",
+            lambda p, **k: ours.AdamW(p, **k),
+            torch.optim.AdamW,
+            {},
+            ("loop", "foreach", "fused"),
+            7,
+        ),
     ]
 }
 
@@ -177,8 +212,9 @@ def run_shape(
         candidates[f"torch {impl}"] = algorithm.torch_cls(
             _params(n_tensors, size, device, seed), **algorithm.torch_kwargs, **TORCH_FLAGS[impl]
         )
-    candidates["ours foreach"] = algorithm.ours(_params(n_tensors, size, device, seed),
-                                                foreach=True)
+    candidates["ours foreach"] = algorithm.ours(
+        _params(n_tensors, size, device, seed), foreach=True
+    )
     candidates["ours"] = algorithm.ours(_params(n_tensors, size, device, seed))
     candidates["ours flat"] = algorithm.ours(_params(n_tensors, size, device, seed), flat=True)
     timings: dict[str, list[float]] = {name: [] for name in candidates}

@@ -59,13 +59,21 @@ class TinyTransformer(nn.Module):
     Input: token ids of shape (batch, seq_len); output: logits (batch, seq_len, vocab).
     """
 
-    def __init__(self, vocab: int = 128, seq_len: int = 64, d_model: int = 256, heads: int = 4,
-                 ff: int = 1024, layers: int = 4) -> None:
+    def __init__(
+        self,
+        vocab: int = 128,
+        seq_len: int = 64,
+        d_model: int = 256,
+        heads: int = 4,
+        ff: int = 1024,
+        layers: int = 4,
+    ) -> None:
         super().__init__()
         self.tokens = nn.Embedding(vocab, d_model)
         self.positions = nn.Parameter(torch.randn(seq_len, d_model) * 0.02)
-        layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout=0.0, batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, ff, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab)
@@ -103,8 +111,9 @@ class SmallResNet(nn.Module):
 
     def __init__(self, classes: int = 10, widths: Sequence[int] = (32, 64, 128)) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
         blocks: list[nn.Module] = []
         channels = widths[0]
         for stage, width in enumerate(widths):
@@ -141,8 +150,10 @@ def _next_token_loss(model: nn.Module, ids: Tensor, targets: Tensor) -> Tensor:
 
 def _image_batch(generator: torch.Generator, quick: bool) -> tuple[Tensor, Tensor]:
     batch, side = (2, 16) if quick else (16, 32)
-    return (torch.randn(batch, 3, side, side, generator=generator),
-            torch.randint(0, 10, (batch,), generator=generator))
+    return (
+        torch.randn(batch, 3, side, side, generator=generator),
+        torch.randint(0, 10, (batch,), generator=generator),
+    )
 
 
 def _class_loss(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
@@ -197,8 +208,9 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return q1, q3
 
 
-def run_workload(workload: Workload, threads: int, steps: int, warmup: int,
-                 quick: bool) -> list[dict[str, Any]]:
+def run_workload(
+    workload: Workload, threads: int, steps: int, warmup: int, quick: bool
+) -> list[dict[str, Any]]:
     """Time every contender on ``workload`` with ``threads`` intra-op threads; one row each."""
     torch.manual_seed(0)
     reference = workload.build()
@@ -231,31 +243,37 @@ def run_workload(workload: Workload, threads: int, steps: int, warmup: int,
         per_round_ratio = [t / f for t, f in zip(totals[name], totals[fastest], strict=True)]
         q1, q3 = _quartiles(per_round_ratio)
         total = statistics.median(totals[name])
-        rows.append({
-            "model": workload.name,
-            "params": n_params,
-            "threads": threads,
-            "candidate": name,
-            "fastest_torch": fastest,
-            "iteration_ms": 1e3 * total,
-            "ratio": total / statistics.median(totals[fastest]),
-            "ratio_q1": q1,
-            "ratio_q3": q3,
-            "forward_backward_ms": 1e3 * statistics.median(forward_backward),
-            "forward_backward_ratio": statistics.median(forward_backward)
-            / statistics.median([p[1] for p in parts[fastest]]),
-            "step_ms": 1e3 * statistics.median(step),
-            "zero_grad_ms": 1e3 * statistics.median(zero),
-            "step_share": statistics.median(step) / total,
-            "final_loss": contenders[name].loss,
-            "steps": steps,
-        })
+        rows.append(
+            {
+                "model": workload.name,
+                "params": n_params,
+                "threads": threads,
+                "candidate": name,
+                "fastest_torch": fastest,
+                "iteration_ms": 1e3 * total,
+                "ratio": total / statistics.median(totals[fastest]),
+                "ratio_q1": q1,
+                "ratio_q3": q3,
+                "forward_backward_ms": 1e3 * statistics.median(forward_backward),
+                "forward_backward_ratio": statistics.median(forward_backward)
+                / statistics.median([p[1] for p in parts[fastest]]),
+                "step_ms": 1e3 * statistics.median(step),
+                "zero_grad_ms": 1e3 * statistics.median(zero),
+                "step_share": statistics.median(step) / total,
+                "final_loss": contenders[name].loss,
+                "steps": steps,
+            }
+        )
     return rows
 
 
-def run(quick: bool = False, threads: Sequence[int] | None = None,
-        models: Sequence[str] = tuple(WORKLOADS), steps: int | None = None,
-        warmup: int | None = None) -> list[dict[str, Any]]:
+def run(
+    quick: bool = False,
+    threads: Sequence[int] | None = None,
+    models: Sequence[str] = tuple(WORKLOADS),
+    steps: int | None = None,
+    warmup: int | None = None,
+) -> list[dict[str, Any]]:
     """Run the benchmark; return one row per model, thread count and contender.
 
     ``threads`` defaults to one thread and torch's current thread count. ``quick`` shrinks the
@@ -286,8 +304,10 @@ def flat_gradient_cost(workload: Workload, threads: int, repeats: int) -> dict[s
     shapes = [p.shape for p in workload.build().parameters()]
     new_grads = [torch.randn(shape) for shape in shapes]
     buffer = torch.zeros(sum(g.numel() for g in new_grads))
-    views = [v.view(shape) for v, shape in
-             zip(buffer.split([g.numel() for g in new_grads]), shapes, strict=True)]
+    views = [
+        v.view(shape)
+        for v, shape in zip(buffer.split([g.numel() for g in new_grads]), shapes, strict=True)
+    ]
 
     def accumulate() -> None:
         for view, grad in zip(views, new_grads, strict=True):
@@ -307,8 +327,13 @@ def flat_gradient_cost(workload: Workload, threads: int, repeats: int) -> dict[s
         zero_ms, accumulate_ms = best_ms(buffer.zero_), best_ms(accumulate)
     finally:
         torch.set_num_threads(previous)
-    return {"model": workload.name, "threads": threads, "tensors": len(shapes),
-            "zero_ms": zero_ms, "accumulate_ms": accumulate_ms}
+    return {
+        "model": workload.name,
+        "threads": threads,
+        "tensors": len(shapes),
+        "zero_ms": zero_ms,
+        "accumulate_ms": accumulate_ms,
+    }
 
 
 def format_flat_cost(costs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
@@ -319,8 +344,11 @@ def format_flat_cost(costs: list[dict[str, Any]], rows: list[dict[str, Any]]) ->
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in costs:
-        same = {r["candidate"]: r for r in rows
-                if r["model"] == c["model"] and r["threads"] == c["threads"]}
+        same = {
+            r["candidate"]: r
+            for r in rows
+            if r["model"] == c["model"] and r["threads"] == c["threads"]
+        }
         saved = same["ours"]["step_ms"] - same["ours flat"]["step_ms"]
         extra = c["zero_ms"] + c["accumulate_ms"]
         lines.append(

@@ -91,7 +91,10 @@ def make_model(n_features: int, n_classes: int, seed: int) -> nn.Module:
     """A small MLP: Linear(n_features, 64), ReLU, Linear(64, 64), ReLU, Linear(64, n_classes)."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Linear(n_features, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+        nn.Linear(n_features, 64),
+        nn.ReLU(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
         nn.Linear(64, n_classes),
     )
 
@@ -151,8 +154,9 @@ def format_table(results: list[RunResult]) -> str:
     lines = [f"{'optimizer':<{width}} {'final loss':>10} {'test acc':>9} {'ms/step':>8}"]
     lines.append("-" * len(lines[0]))
     for r in results:
-        lines.append(f"{r.name:<{width}} {r.losses[-1]:>10.4f} {r.test_accuracy:>9.3f} "
-                     f"{r.ms_per_step:>8.3f}")
+        lines.append(
+            f"{r.name:<{width}} {r.losses[-1]:>10.4f} {r.test_accuracy:>9.3f} {r.ms_per_step:>8.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -166,8 +170,12 @@ def plot_losses(results: list[RunResult]) -> Figure:
     for index, r in enumerate(results):
         style: dict[str, Any] = line_style(index, len(r.losses))
         axis.plot(range(1, len(r.losses) + 1), r.losses, label=labels[r.name], **style)
-    axis.set(xlabel="epoch", ylabel="training loss (cross-entropy)", yscale="log",
-             title="Same model, same batches, different optimizers")
+    axis.set(
+        xlabel="epoch",
+        ylabel="training loss (cross-entropy)",
+        yscale="log",
+        title="Same model, same batches, different optimizers",
+    )
     axis.legend()
     figure.tight_layout()
     return figure

@@ -248,6 +248,7 @@ def gallery_json(
     gallery: dict[str, dict[str, TunedPath]], *, steps: int, n_trials: int, seed: int
 ) -> dict[str, Any]:
     """The gallery as JSON-ready data: settings, and per function its optimizers' results."""
+
     def point(xy: tuple[float, float] | None) -> list[float] | None:
         return None if xy is None else list(xy)
 
@@ -375,7 +376,7 @@ def plot_overview(gallery: dict[str, dict[str, TunedPath]]) -> Figure:
     legend_axes = cells[len(gallery)]
     handles = [Line2D([], [], color=colors[name], linewidth=2) for name in optimizers]
     legend_axes.legend(handles, optimizers, loc="center", title="optimizer (lr tuned per panel)")
-    for axes in cells[len(gallery):]:
+    for axes in cells[len(gallery) :]:
         axes.axis("off")
     figure.tight_layout()
     return figure

@@ -29,16 +29,28 @@ def test_lists_commands_and_rejects_unknown(capsys):
 def test_version(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out == f"torchopt-edu {torchopt_edu.__version__}\n"
-    completed = subprocess.run([sys.executable, "-m", "torchopt_edu", "--version"],
-                               capture_output=True, text=True, timeout=120, check=False)
+    completed = subprocess.run(
+        [sys.executable, "-m", "torchopt_edu", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert completed.returncode == 0 and completed.stdout.startswith("torchopt-edu 0.")
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("adam", OPTIMIZERS["adam"]), ("AdamW", OPTIMIZERS["adamw"]), (" YOGI ", OPTIMIZERS["yogi"]),
-    ("torch.optim.Adam", torch.optim.Adam), ("torch.optim.adamw", torch.optim.AdamW),
-    ("TORCH.OPTIM.NADAM", torch.optim.NAdam), ("torch.sgd", torch.optim.SGD),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("adam", OPTIMIZERS["adam"]),
+        ("AdamW", OPTIMIZERS["adamw"]),
+        (" YOGI ", OPTIMIZERS["yogi"]),
+        ("torch.optim.Adam", torch.optim.Adam),
+        ("torch.optim.adamw", torch.optim.AdamW),
+        ("TORCH.OPTIM.NADAM", torch.optim.NAdam),
+        ("torch.sgd", torch.optim.SGD),
+    ],
+)
 def test_resolver_is_case_insensitive(name, expected):
     assert resolve_optimizer(name) is expected
 
@@ -82,8 +94,11 @@ def test_every_command_accepts_the_same_spellings(command):
     seen = set()
     for spelling in SPELLINGS:
         args = _parse(command, [*COMMANDS[command], spelling])
-        value = args.server_optimizer if command == "federated-server" else (
-            args.optimizer if command == "federated" else args.optimizers)
+        value = (
+            args.server_optimizer
+            if command == "federated-server"
+            else (args.optimizer if command == "federated" else args.optimizers)
+        )
         seen.add(str(value))
     # ours spelled any way is one optimizer, torch's twin another (bench: the same algorithm)
     assert len(seen) == (1 if command == "bench" else 2)
@@ -106,8 +121,12 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_usage_errors_are_one_line_before_any_work(command, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    for argv in (["--out", str(blocker)], ["--json", str(blocker / "x.json")],
-                 ["--seed", str(2**64)], ["--out", "/proc/torchopt-edu/x"]):
+    for argv in (
+        ["--out", str(blocker)],
+        ["--json", str(blocker / "x.json")],
+        ["--seed", str(2**64)],
+        ["--out", "/proc/torchopt-edu/x"],
+    ):
         code, out, err = _run([command, *argv], capsys)
         assert code == 2 and out == ""
         assert err.startswith(f"torchopt-edu {command}: error: argument ") and err.count("\n") == 1
@@ -120,19 +139,29 @@ def test_missing_folders_are_created_up_front(tmp_path):
     assert folder.is_dir() and list(folder.iterdir()) == []  # the probe file is gone
 
 
-@pytest.mark.parametrize("argv, package, hint", [
-    (["demo"], "sklearn", "pip install 'torchopt-edu[data]', or pass --dataset synthetic"),
-    (["demo", "--dataset", "synthetic"], "matplotlib",
-     "pip install 'torchopt-edu[viz]', or pass --no-plot"),
-    (["gnn"], "matplotlib", "pip install 'torchopt-edu[viz]', or pass --no-plot"),
-    (["bench"], "matplotlib", "pip install 'torchopt-edu[viz]', or pass --no-plot"),
-    (["federated"], "sklearn", "pip install 'torchopt-edu[data]'"),
-    (["tune"], "optuna", "pip install 'torchopt-edu[tune]'"),
-    (["tune", "--no-plot"], "sklearn",
-     "pip install 'torchopt-edu[data]', or pass --task quadratic"),
-])
-def test_missing_optional_packages_are_named_before_any_work(argv, package, hint, tmp_path,
-                                                             capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "argv, package, hint",
+    [
+        (["demo"], "sklearn", "pip install 'torchopt-edu[data]', or pass --dataset synthetic"),
+        (
+            ["demo", "--dataset", "synthetic"],
+            "matplotlib",
+            "pip install 'torchopt-edu[viz]', or pass --no-plot",
+        ),
+        (["gnn"], "matplotlib", "pip install 'torchopt-edu[viz]', or pass --no-plot"),
+        (["bench"], "matplotlib", "pip install 'torchopt-edu[viz]', or pass --no-plot"),
+        (["federated"], "sklearn", "pip install 'torchopt-edu[data]'"),
+        (["tune"], "optuna", "pip install 'torchopt-edu[tune]'"),
+        (
+            ["tune", "--no-plot"],
+            "sklearn",
+            "pip install 'torchopt-edu[data]', or pass --task quadratic",
+        ),
+    ],
+)
+def test_missing_optional_packages_are_named_before_any_work(
+    argv, package, hint, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
     code, out, err = _run([*argv, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
@@ -150,7 +179,8 @@ def _library_modules() -> list[str]:
 
 def test_no_module_outside_cli_imports_argparse():
     offenders = [
-        str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
         if path.relative_to(PACKAGE).parts[0] != "cli"
         and re.search(r"^\s*(import argparse|from argparse import)", path.read_text(), re.M)
     ]
@@ -164,7 +194,8 @@ def test_library_modules_do_not_import_the_command_line():
         "    importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m.startswith('torchopt_edu.cli')))\n"
     )
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                               timeout=300, check=False)
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"

@@ -15,8 +15,20 @@ from torchopt_edu.cli import demo as demo_cli
 
 def test_demo_trains_every_optimizer_and_saves_the_plot_and_json(tmp_path, capsys):
     results = tmp_path / "new" / "folder" / "results.json"
-    code = cli.main(["demo", "--dataset", "synthetic", "--epochs", "3", "--out", str(tmp_path),
-                     "--no-progress", "--json", str(results)])
+    code = cli.main(
+        [
+            "demo",
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--json",
+            str(results),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     for name in demo.DEMO_HYPERPARAMETERS:
@@ -28,9 +40,20 @@ def test_demo_trains_every_optimizer_and_saves_the_plot_and_json(tmp_path, capsy
 
 
 def test_demo_runs_torch_twins_with_the_same_numbers(tmp_path, capsys):
-    argv = ["--dataset", "synthetic", "--epochs", "2", "--no-plot", "--no-progress",
-            "--optimizers", "adam", "torch.optim.ADAM,SGD", "torch.optim.sgd",
-            "--json", str(tmp_path / "r.json")]
+    argv = [
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "2",
+        "--no-plot",
+        "--no-progress",
+        "--optimizers",
+        "adam",
+        "torch.optim.ADAM,SGD",
+        "torch.optim.sgd",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     assert demo_cli.main(argv) == 0
     rows = json.loads((tmp_path / "r.json").read_text())["results"]
     assert [r["name"] for r in rows] == ["adam", "torch.optim.Adam", "sgd", "torch.optim.SGD"]
@@ -41,8 +64,11 @@ def test_demo_runs_torch_twins_with_the_same_numbers(tmp_path, capsys):
 
 def test_demo_plot_marks_identical_curves():
     same = [1.0, 0.5, 0.25]
-    results = [demo.RunResult("adam", same), demo.RunResult("torch.optim.Adam", list(same)),
-               demo.RunResult("sgd", [1.0, 0.6, 0.3])]
+    results = [
+        demo.RunResult("adam", same),
+        demo.RunResult("torch.optim.Adam", list(same)),
+        demo.RunResult("sgd", [1.0, 0.6, 0.3]),
+    ]
     figure = demo.plot_losses(results)
     axis = figure.axes[0]
     labels = [line.get_label() for line in axis.get_lines()]
@@ -57,8 +83,16 @@ def test_demo_plot_marks_identical_curves():
 def test_demo_learns_digits():
     train_split, test_split = demo.load_dataset("digits", seed=0)
     model = demo.make_model(64, 10, seed=0)
-    result = demo.train("adam", lambda m: torch.optim.Adam(m.parameters(), lr=3e-3),
-                        model, train_split, test_split, epochs=5, batch_size=64, seed=0)
+    result = demo.train(
+        "adam",
+        lambda m: torch.optim.Adam(m.parameters(), lr=3e-3),
+        model,
+        train_split,
+        test_split,
+        epochs=5,
+        batch_size=64,
+        seed=0,
+    )
     assert result.losses[-1] < result.losses[0] / 5
     assert result.test_accuracy > 0.9
 
@@ -70,20 +104,51 @@ def test_demo_hyperparameters_are_shared_by_torch_twins():
 
 def test_bench_runs_and_writes_json_into_a_missing_folder(tmp_path, capsys):
     out = tmp_path / "missing" / "bench.json"
-    code = cli.main(["bench", "--quick", "--steps", "2", "--warmup", "0", "--optimizers",
-                     "adam", "torch.optim.RMSprop", "--memory-steps", "2", "--json", str(out),
-                     "--out", str(tmp_path / "plots")])
+    code = cli.main(
+        [
+            "bench",
+            "--quick",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--optimizers",
+            "adam",
+            "torch.optim.RMSprop",
+            "--memory-steps",
+            "2",
+            "--json",
+            str(out),
+            "--out",
+            str(tmp_path / "plots"),
+        ]
+    )
     assert code == 0
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert {r["candidate"] for r in rows if r["algorithm"] == "adam"} == {
-        "torch loop", "torch foreach", "torch fused", "ours foreach", "ours", "ours flat"}
+        "torch loop",
+        "torch foreach",
+        "torch fused",
+        "ours foreach",
+        "ours",
+        "ours flat",
+    }
     assert {r["candidate"] for r in rows if r["algorithm"] == "rmsprop"} == {
-        "torch loop", "torch foreach", "ours foreach", "ours", "ours flat"}
+        "torch loop",
+        "torch foreach",
+        "ours foreach",
+        "ours",
+        "ours flat",
+    }
     for r in rows:  # state memory: ours never holds more than torch for the same algorithm
-        torch_state = max(s["state_bytes_per_param"] for s in rows
-                          if s["algorithm"] == r["algorithm"] and s["shape"] == r["shape"]
-                          and s["candidate"].startswith("torch"))
+        torch_state = max(
+            s["state_bytes_per_param"]
+            for s in rows
+            if s["algorithm"] == r["algorithm"]
+            and s["shape"] == r["shape"]
+            and s["candidate"].startswith("torch")
+        )
         assert r["state_bytes_per_param"] <= torch_state
         assert r["spread"] >= 0
     printed = capsys.readouterr().out
@@ -102,8 +167,12 @@ def _row(candidate: str, ms: float, spread: float) -> bench.Row:
 
 
 def test_noisy_rows_are_marked_and_warned_about():
-    quiet = [_row("torch fused", 10.0, 0.05), _row("ours foreach", 20.0, 0.05),
-             _row("ours", 10.0, 0.05), _row("ours flat", 9.0, 0.05)]
+    quiet = [
+        _row("torch fused", 10.0, 0.05),
+        _row("ours foreach", 20.0, 0.05),
+        _row("ours", 10.0, 0.05),
+        _row("ours flat", 9.0, 0.05),
+    ]
     assert bench_cli.noise_warning(quiet) is None
     assert "(noisy)" not in bench_cli.format_summary(quiet)
     noisy = [*quiet[:2], _row("ours", 0.1, 2.65), quiet[3]]  # the "0.01" of a busy machine
@@ -119,7 +188,8 @@ def test_noisy_rows_are_marked_and_warned_about():
 
 def test_bench_maps_optimizer_spellings_to_algorithms():
     args = bench_cli.build_parser().parse_args(
-        ["--optimizers", "Adam", "torch.optim.AdamW,momentum", "torch.optim.adagrad"])
+        ["--optimizers", "Adam", "torch.optim.AdamW,momentum", "torch.optim.adagrad"]
+    )
     assert args.optimizers == ["adam", "adamw", "momentum", "adagrad"]
 
 
@@ -132,8 +202,10 @@ def test_bench_chart_path_is_checked_before_measuring(tmp_path, capsys, monkeypa
     for argv, message in [
         (["--plot", str(tmp_path / "file" / "chart.png")], "argument --plot: "),
         (["--out", str(tmp_path / "file")], "argument --out: "),
-        (["--no-plot", "--plot", str(tmp_path / "chart.png")],
-         "argument --plot: not allowed with --no-plot"),
+        (
+            ["--no-plot", "--plot", str(tmp_path / "chart.png")],
+            "argument --plot: not allowed with --no-plot",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             bench_cli.main(["--quick", *argv])

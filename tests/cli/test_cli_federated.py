@@ -194,8 +194,9 @@ def _history(rounds=2, diverging=False):
     clients = make_clients(x_train[:80], y_train[:80], iid_partition(80, 4))
     lr = 1e30 if diverging else 0.1
     train = LocalTraining(functools.partial(SGD, lr=lr), epochs=1, batch_size=10)
-    simulation = Simulation(MLP(), clients, FedAvg(), train, (x_test, y_test), fraction=1.0,
-                            on_invalid="skip")
+    simulation = Simulation(
+        MLP(), clients, FedAvg(), train, (x_test, y_test), fraction=1.0, on_invalid="skip"
+    )
     return simulation.run(rounds, progress=False)
 
 

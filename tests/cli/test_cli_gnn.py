@@ -16,11 +16,24 @@ from torchopt_edu.gnn.plot import plot_histories
 main = gnn_cli.main
 
 
-def test_compares_optimizers_and_writes_curves(tmp_path: Path, capsys: pytest.CaptureFixture
-                                                ) -> None:
+def test_compares_optimizers_and_writes_curves(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "karate"
-    code = main(["--dataset", "karate", "--optimizers", "adam", "torch.optim.Adam,sgd",
-                 "--epochs", "20", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "--dataset",
+            "karate",
+            "--optimizers",
+            "adam",
+            "torch.optim.Adam,sgd",
+            "--epochs",
+            "20",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("GCN(34, [16], 4) on karate")
@@ -34,12 +47,32 @@ def test_compares_optimizers_and_writes_curves(tmp_path: Path, capsys: pytest.Ca
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_regression_dataset_one_learning_rate_and_dispatch(tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
-    code = torchopt_edu_main(["gnn", "--dataset", "seed", "--optimizer", "adam", "yogi",
-                              "--lr", "0.02", "--epochs", "5", "--out", str(tmp_path),
-                              "--no-plot", "--quiet", "--hidden", "8", "8",
-                              "--json", str(tmp_path / "run.json")])
+def test_regression_dataset_one_learning_rate_and_dispatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = torchopt_edu_main(
+        [
+            "gnn",
+            "--dataset",
+            "seed",
+            "--optimizer",
+            "adam",
+            "yogi",
+            "--lr",
+            "0.02",
+            "--epochs",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--no-plot",
+            "--quiet",
+            "--hidden",
+            "8",
+            "8",
+            "--json",
+            str(tmp_path / "run.json"),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "GCN(10, [8, 8], 1) on seed" in printed and "train_loss" in printed
@@ -62,8 +95,10 @@ def test_demo_learning_rates_are_shared_by_torch_twins() -> None:
         (["--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
         (["--optimizers", "adamm"], "argument --optimizers/--optimizer: unknown optimizer 'adamm'"),
         (["--optimizers", "torch.optim.nope"], "unknown optimizer 'torch.optim.nope'"),
-        (["--optimizers", "torch.optim.SparseAdam"],
-         "torch.optim.SparseAdam steps sparse gradients only"),
+        (
+            ["--optimizers", "torch.optim.SparseAdam"],
+            "torch.optim.SparseAdam steps sparse gradients only",
+        ),
         (["--optimizers", "torch.optim.muon"], "torch.optim.Muon steps 2-D parameters only"),
         (["--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
         (["--dataset", "cora"], "argument --dataset: invalid choice: 'cora'"),
@@ -73,8 +108,9 @@ def test_demo_learning_rates_are_shared_by_torch_twins() -> None:
         (["--out", "/proc/torchopt-edu-test"], "argument --out: cannot write into /proc/"),
     ],
 )
-def test_bad_arguments_exit_2_naming_the_argument(argv: list[str], message: str, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_bad_arguments_exit_2_naming_the_argument(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path / "out"), *argv])
     assert exit_info.value.code == 2
@@ -83,21 +119,36 @@ def test_bad_arguments_exit_2_naming_the_argument(argv: list[str], message: str,
     assert captured.out == ""
 
 
-def test_bad_out_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_out_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained before checking the outputs")
 
     monkeypatch.setattr(gnn_cli, "compare_optimizers", no_training)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    for flag, out, message in [("--out", blocker, "exists and is not a folder"),
-                               ("--out", blocker / "sub", "Not a directory"),
-                               ("--json", tmp_path, "is a folder, not a file"),
-                               ("--json", blocker / "r.json", "file exists and is not a folder")]:
+    for flag, out, message in [
+        ("--out", blocker, "exists and is not a folder"),
+        ("--out", blocker / "sub", "Not a directory"),
+        ("--json", tmp_path, "is a folder, not a file"),
+        ("--json", blocker / "r.json", "file exists and is not a folder"),
+    ]:
         with pytest.raises(SystemExit) as exit_info:
-            main(["--dataset", "karate", "--optimizers", "adam", "--epochs", "1",
-                  "--out", str(tmp_path / "ok"), flag, str(out)])
+            main(
+                [
+                    "--dataset",
+                    "karate",
+                    "--optimizers",
+                    "adam",
+                    "--epochs",
+                    "1",
+                    "--out",
+                    str(tmp_path / "ok"),
+                    flag,
+                    str(out),
+                ]
+            )
         assert exit_info.value.code == 2
         captured = capsys.readouterr()
         assert f"argument {flag}:" in captured.err and message in captured.err
@@ -118,8 +169,15 @@ def test_plot_names_identical_runs(tmp_path: Path) -> None:
 
 
 def test_benchmark_returns_comparable_results() -> None:
-    results = bench.benchmark_epoch(num_nodes=300, num_edges=3_000, num_features=8,
-                                    hidden_channels=(16,), repeats=2, warmup=1, device="cpu")
+    results = bench.benchmark_epoch(
+        num_nodes=300,
+        num_edges=3_000,
+        num_features=8,
+        hidden_channels=(16,),
+        repeats=2,
+        warmup=1,
+        device="cpu",
+    )
     names = [bench.OURS, bench.TORCH_DEFAULT, bench.TORCH_FUSED]
     assert list(results["epoch_seconds"]) == names
     assert results["num_parameters"] == (8 * 16 + 16) + (16 + 1)
@@ -132,8 +190,18 @@ def test_benchmark_returns_comparable_results() -> None:
 
 def test_benchmark_main_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "gnn.json"
-    argv = ["gnn-bench", "--quick", "--repeats", "1", "--warmup", "0", "--device", "cpu",
-            "--json", str(out)]
+    argv = [
+        "gnn-bench",
+        "--quick",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+        str(out),
+    ]
     assert torchopt_edu_main(argv) == 0
     printed = capsys.readouterr().out
     assert "2,000 nodes, 20,000 edges" in printed and "ratio ours / torch fused" in printed

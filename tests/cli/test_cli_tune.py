@@ -119,9 +119,13 @@ def test_no_completed_trial_exits_1_with_a_one_line_error(tmp_path, capsys, monk
 def test_plots_name_the_objective(tmp_path):
     study = optuna.create_study()
     for value in (3.0, 1.0, 2.0):
-        study.add_trial(optuna.trial.create_trial(
-            params={"lr": value}, distributions={"lr": optuna.distributions.FloatDistribution(
-                0.5, 4.0)}, value=value))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": value},
+                distributions={"lr": optuna.distributions.FloatDistribution(0.5, 4.0)},
+                value=value,
+            )
+        )
     import matplotlib.pyplot as plt
 
     history = plot_history(study, "validation cross-entropy")

@@ -166,13 +166,23 @@ def _check_two_rounds(strategy, by_hand, **hyper_parameters):
 
 
 def test_fedadam_rounds_equal_adam_by_hand_and_keep_state_across_rounds():
-    _check_two_rounds(FedAdam(lr=0.05, betas=(0.8, 0.95), tau=1e-2), _adam_by_hand,
-                      lr=0.05, betas=(0.8, 0.95), tau=1e-2)
+    _check_two_rounds(
+        FedAdam(lr=0.05, betas=(0.8, 0.95), tau=1e-2),
+        _adam_by_hand,
+        lr=0.05,
+        betas=(0.8, 0.95),
+        tau=1e-2,
+    )
 
 
 def test_fedyogi_rounds_equal_yogi_by_hand():
-    _check_two_rounds(FedYogi(lr=0.05, betas=(0.8, 0.95), tau=1e-2), _yogi_by_hand,
-                      lr=0.05, betas=(0.8, 0.95), tau=1e-2)
+    _check_two_rounds(
+        FedYogi(lr=0.05, betas=(0.8, 0.95), tau=1e-2),
+        _yogi_by_hand,
+        lr=0.05,
+        betas=(0.8, 0.95),
+        tau=1e-2,
+    )
 
 
 def test_fedadagrad_rounds_equal_adagrad_by_hand():
@@ -227,8 +237,10 @@ def test_fedopt_steps_a_tied_parameter_once_and_keeps_the_tie():
     generator = torch.Generator().manual_seed(4)
     results = []
     for k, n in enumerate((3, 1)):
-        state = {name: t + torch.randn(t.shape, generator=generator, dtype=t.dtype)
-                 for name, t in start.items()}
+        state = {
+            name: t + torch.randn(t.shape, generator=generator, dtype=t.dtype)
+            for name, t in start.items()
+        }
         state["decoder.weight"] = state["encoder.weight"]  # the clients' models are tied too
         results.append(ClientResult(k, state, n))
     average = {name: (3 * results[0].state[name] + results[1].state[name]) / 4 for name in start}
@@ -429,9 +441,12 @@ def test_errors_name_the_clients_by_their_ids_and_the_server_leaves_no_gradients
     strategy = FedAdam()
     strategy.aggregate_fit(model, _results(model, _random_deltas(model, 2, seed=1), [1, 2]))
     assert all(p.grad is None for p in model.parameters())  # the pseudo-gradient is cleared
-    with pytest.raises(ValueError, match=(
-        r"^FedAdam's server optimizer holds the parameters of the model of its first round; "
-        r"use a new strategy for another model$"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^FedAdam's server optimizer holds the parameters of the model of its first round; "
+            r"use a new strategy for another model$"
+        ),
+    ):
         other = _model(6)
         strategy.aggregate_fit(other, _results(other, _random_deltas(other, 1, 0), [1]))

@@ -50,8 +50,9 @@ def test_karate_club_split() -> None:
 
 
 def test_sbm_blocks_are_classes_and_edges_mostly_stay_inside_blocks() -> None:
-    data = sbm_graph(block_sizes=(60, 60, 60), p_in=0.1, p_out=0.01, train_per_class=10,
-                     num_val=30, seed=0)
+    data = sbm_graph(
+        block_sizes=(60, 60, 60), p_in=0.1, p_out=0.01, train_per_class=10, num_val=30, seed=0
+    )
     assert torch.equal(data.y, torch.arange(3).repeat_interleave(60))
     assert torch.bincount(data.y[data.train_mask]).tolist() == [10, 10, 10]
     assert int(data.val_mask.sum()) == 30 and int(data.test_mask.sum()) == 120
@@ -89,34 +90,64 @@ def _graph(**fields: object) -> Data:
     [
         ({"x": torch.randn(10)}, "data.x must be a 2-D float tensor .* of shape \\[10\\]"),
         ({"x": torch.ones(10, 3, dtype=torch.long)}, "data.x must be a 2-D float .*torch.int64"),
-        ({"x": torch.randn(10, 3).index_put_((torch.tensor(4), torch.tensor(1)),
-                                            torch.tensor(float("nan")))},
-         "data.x must be finite, got nan at index \\[4, 1\\]"),
-        ({"edge_index": torch.zeros(3, 4, dtype=torch.long)},
-         "data.edge_index must have shape \\[2, num_edges\\], got tensor of shape \\[3, 4\\]"),
+        (
+            {
+                "x": torch.randn(10, 3).index_put_(
+                    (torch.tensor(4), torch.tensor(1)), torch.tensor(float("nan"))
+                )
+            },
+            "data.x must be finite, got nan at index \\[4, 1\\]",
+        ),
+        (
+            {"edge_index": torch.zeros(3, 4, dtype=torch.long)},
+            "data.edge_index must have shape \\[2, num_edges\\], got tensor of shape \\[3, 4\\]",
+        ),
         ({"edge_index": torch.zeros(2, 4)}, "data.edge_index must be int64 .*torch.float32"),
-        ({"edge_index": torch.tensor([[0, 10], [1, 2]])},
-         "data.edge_index must lie in \\[0, 10\\) .* got values in \\[0, 10\\]"),
+        (
+            {"edge_index": torch.tensor([[0, 10], [1, 2]])},
+            "data.edge_index must lie in \\[0, 10\\) .* got values in \\[0, 10\\]",
+        ),
         ({"edge_index": torch.tensor([[0, -1], [1, 2]])}, "got values in \\[-1, 2\\]"),
-        ({"edge_weight": torch.ones(4)}, "data.edge_weight must be a float tensor of shape "
-                                         "\\[3\\] .* got tensor of shape \\[4\\]"),
-        ({"edge_weight": torch.ones(3, dtype=torch.long)},
-         "data.edge_weight must be a float tensor .*torch.int64"),
+        (
+            {"edge_weight": torch.ones(4)},
+            "data.edge_weight must be a float tensor of shape "
+            "\\[3\\] .* got tensor of shape \\[4\\]",
+        ),
+        (
+            {"edge_weight": torch.ones(3, dtype=torch.long)},
+            "data.edge_weight must be a float tensor .*torch.int64",
+        ),
         ({"edge_weight": [1.0, 1.0, 1.0]}, "data.edge_weight must be a float tensor .* got list"),
-        ({"edge_weight": torch.ones(3, dtype=torch.float64)},
-         "data.edge_weight must have data.x's dtype torch.float32, got torch.float64"),
-        ({"edge_weight": torch.tensor([1.0, 2.0, float("nan")])},
-         "data.edge_weight must be finite, got nan at edge 2"),
-        ({"edge_weight": torch.tensor([1.0, -0.5, -2.0])},
-         "data.edge_weight must be >= 0 .* got -0.5 at edge 1"),
-        ({"x": torch.randn(0, 3), "edge_index": torch.empty(2, 0, dtype=torch.long),
-          "y": torch.zeros(0, dtype=torch.long), "train_mask": torch.zeros(0, dtype=torch.bool)},
-         "data.x has 0 rows: the graph needs at least one node"),
+        (
+            {"edge_weight": torch.ones(3, dtype=torch.float64)},
+            "data.edge_weight must have data.x's dtype torch.float32, got torch.float64",
+        ),
+        (
+            {"edge_weight": torch.tensor([1.0, 2.0, float("nan")])},
+            "data.edge_weight must be finite, got nan at edge 2",
+        ),
+        (
+            {"edge_weight": torch.tensor([1.0, -0.5, -2.0])},
+            "data.edge_weight must be >= 0 .* got -0.5 at edge 1",
+        ),
+        (
+            {
+                "x": torch.randn(0, 3),
+                "edge_index": torch.empty(2, 0, dtype=torch.long),
+                "y": torch.zeros(0, dtype=torch.long),
+                "train_mask": torch.zeros(0, dtype=torch.bool),
+            },
+            "data.x has 0 rows: the graph needs at least one node",
+        ),
         ({"x": torch.randn(10, 0)}, "data.x has 0 features per node \\(shape \\[10, 0\\]\\)"),
-        ({"edge_index": torch.tensor([[0, 1, 2], [1, 2, 9]], device="meta")},
-         "data.edge_index is on meta but data.x is on cpu"),
-        ({"train_mask": torch.ones(10, dtype=torch.bool, device="meta")},
-         "data.train_mask is on meta but data.x is on cpu"),
+        (
+            {"edge_index": torch.tensor([[0, 1, 2], [1, 2, 9]], device="meta")},
+            "data.edge_index is on meta but data.x is on cpu",
+        ),
+        (
+            {"train_mask": torch.ones(10, dtype=torch.bool, device="meta")},
+            "data.train_mask is on meta but data.x is on cpu",
+        ),
         ({"train_mask": torch.ones(10)}, "data.train_mask must be a bool tensor of shape \\[10\\]"),
         ({"val_mask": torch.ones(9, dtype=torch.bool)}, "data.val_mask must be a bool tensor"),
         ({"train_mask": torch.zeros(10, dtype=torch.bool)}, "data.train_mask selects no node"),
@@ -124,8 +155,10 @@ def _graph(**fields: object) -> Data:
         ({"y": torch.zeros(10)}, "data.y must be int64 class labels of shape \\[10\\]"),
         ({"y": -torch.ones(10, dtype=torch.long)}, "class labels must be >= 0 .* got -1 at node 0"),
         # one bad label among good ones, not the smallest: the first bad node is named
-        ({"y": torch.tensor([0, 1, 2, -1, 1, 0, -100, 0, 1, 2])},
-         "data.y class labels must be >= 0 on the nodes of train_mask, got -1 at node 3"),
+        (
+            {"y": torch.tensor([0, 1, 2, -1, 1, 0, -100, 0, 1, 2])},
+            "data.y class labels must be >= 0 on the nodes of train_mask, got -1 at node 3",
+        ),
     ],
 )
 def test_validate_graph_names_the_bad_field(fields: dict, message: str) -> None:
@@ -158,8 +191,9 @@ def test_to_device_cpu_and_bad_devices() -> None:
     model, data = to_device(GCN(34, [8], 4), karate_club(), "cpu")
     assert data.x.device.type == "cpu" and next(model.parameters()).device.type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
-                                         "got 'gpu0'"):
+    with pytest.raises(
+        ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu0'"
+    ):
         resolve_device("gpu0")
 
 
@@ -205,45 +239,62 @@ def test_unlabelled_nodes_outside_every_mask_may_carry_any_label() -> None:
     train = torch.tensor([True, True] + [False] * 8)
     validate_graph(_graph(y=y, train_mask=train), task="classification")
     val = torch.zeros(10, dtype=torch.bool).index_fill_(0, torch.tensor([5]), True)
-    with pytest.raises(ValueError, match="on the nodes of train_mask or val_mask, got -1 at "
-                                         "node 5"):
+    with pytest.raises(
+        ValueError, match="on the nodes of train_mask or val_mask, got -1 at node 5"
+    ):
         validate_graph(_graph(y=y, train_mask=train, val_mask=val), task="classification")
     graph = _graph(y=y)
     del graph.train_mask  # no mask: every node is trained on, so every label must be valid
-    with pytest.raises(ValueError, match="on every node \\(the graph has no mask\\), got -1 at "
-                                         "node 2"):
+    with pytest.raises(
+        ValueError, match="on every node \\(the graph has no mask\\), got -1 at node 2"
+    ):
         validate_graph(graph, task="classification")
 
     targets = torch.ones(10, 2)
     targets[7, 1] = float("nan")  # an unlabelled node's missing regression target
     validate_graph(_graph(y=targets, train_mask=train), task="regression")
     train[7] = True
-    with pytest.raises(ValueError, match="data.y must be finite on the nodes of train_mask for "
-                                         "regression, got nan at index \\[7, 1\\]"):
+    with pytest.raises(
+        ValueError,
+        match="data.y must be finite on the nodes of train_mask for "
+        "regression, got nan at index \\[7, 1\\]",
+    ):
         validate_graph(_graph(y=targets, train_mask=train), task="regression")
 
 
 def test_valid_edge_weights_are_accepted() -> None:
     for weight in ([0.5, 2.0, 1.0], [0.0, 0.0, 0.0]):  # zero weights are allowed: no message
         validate_graph(_graph(edge_weight=torch.tensor(weight)), task="classification")
-    validate_graph(_graph(edge_index=torch.empty(2, 0, dtype=torch.long),
-                          edge_weight=torch.empty(0)), task="classification")
+    validate_graph(
+        _graph(edge_index=torch.empty(2, 0, dtype=torch.long), edge_weight=torch.empty(0)),
+        task="classification",
+    )
 
 
 def test_one_node_graph_is_valid() -> None:
     for edge_index in (torch.empty(2, 0, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long)):
-        one = Data(x=torch.randn(1, 3), edge_index=edge_index, y=torch.zeros(1, dtype=torch.long),
-                   train_mask=torch.ones(1, dtype=torch.bool))
+        one = Data(
+            x=torch.randn(1, 3),
+            edge_index=edge_index,
+            y=torch.zeros(1, dtype=torch.long),
+            train_mask=torch.ones(1, dtype=torch.bool),
+        )
         validate_graph(one, task="classification")
     with pytest.raises(ValueError, match="data.train_mask selects no node"):
-        validate_graph(Data(x=torch.randn(1, 3), edge_index=torch.empty(2, 0, dtype=torch.long),
-                            train_mask=torch.zeros(1, dtype=torch.bool)))
+        validate_graph(
+            Data(
+                x=torch.randn(1, 3),
+                edge_index=torch.empty(2, 0, dtype=torch.long),
+                train_mask=torch.zeros(1, dtype=torch.bool),
+            )
+        )
 
 
 def test_empty_graph_is_refused_before_training() -> None:
     """0 nodes used to pass and then fail inside torch (classification) or train on NaN."""
-    empty = Data(x=torch.randn(0, 3), edge_index=torch.empty(2, 0, dtype=torch.long),
-                 y=torch.zeros(0, 1))
+    empty = Data(
+        x=torch.randn(0, 3), edge_index=torch.empty(2, 0, dtype=torch.long), y=torch.zeros(0, 1)
+    )
     model = GCN(3, [4], 1)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     optimizer = Adam(model.parameters(), lr=0.01)

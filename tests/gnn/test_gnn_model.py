@@ -38,8 +38,9 @@ def test_residual_layers_add_their_input_back() -> None:
     torch.testing.assert_close(model(x, edges), convs[2](h2, edges), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("norm", "norm_type"),
-                         [("batch", nn.BatchNorm1d), ("layer", nn.LayerNorm)])
+@pytest.mark.parametrize(
+    ("norm", "norm_type"), [("batch", nn.BatchNorm1d), ("layer", nn.LayerNorm)]
+)
 def test_normalisation_between_layers(norm: str, norm_type: type) -> None:
     data = karate_club()
     model = GCN(34, [16, 8], 4, norm=norm, dropout=0.5)
@@ -49,8 +50,9 @@ def test_normalisation_between_layers(norm: str, norm_type: type) -> None:
     outputs: list[torch.Tensor] = []
     model(data.x, data.edge_index)
     dim = 0 if norm == "batch" else 1  # batch norm: over nodes; layer norm: over channels
-    torch.testing.assert_close(outputs[0].mean(dim=dim), torch.zeros(34 if dim else 16),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        outputs[0].mean(dim=dim), torch.zeros(34 if dim else 16), atol=1e-5, rtol=0
+    )
 
 
 def test_reset_parameters_restarts_every_layer() -> None:
@@ -66,8 +68,9 @@ def test_reset_parameters_restarts_every_layer() -> None:
         model.reset_parameters()
     with seeded(0):
         other.reset_parameters()
-    for (name, value), expected in zip(model.state_dict().items(), other.state_dict().values(),
-                                       strict=True):
+    for (name, value), expected in zip(
+        model.state_dict().items(), other.state_dict().values(), strict=True
+    ):
         assert torch.equal(value, expected), name
     assert all(torch.equal(conv.bias, torch.zeros_like(conv.bias)) for conv in model.convs)
     assert torch.equal(model.norms[0].running_mean, torch.zeros(16))
@@ -85,8 +88,9 @@ def test_cached_normalisation_gives_the_same_outputs_and_gradients() -> None:
             model.zero_grad()
             model(data.x, data.edge_index).square().sum().backward()
         assert cached.convs[0]._cached_edge_index is not None
-        torch.testing.assert_close(cached(data.x, data.edge_index),
-                                   plain(data.x, data.edge_index), rtol=0, atol=0)
+        torch.testing.assert_close(
+            cached(data.x, data.edge_index), plain(data.x, data.edge_index), rtol=0, atol=0
+        )
         for p, q in zip(cached.parameters(), plain.parameters(), strict=True):
             torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
 
@@ -104,8 +108,9 @@ def test_cache_is_dropped_on_move_and_reset() -> None:
 
 
 def test_hidden_channels_must_be_a_sequence() -> None:
-    with pytest.raises(TypeError, match="hidden_channels must be a sequence of widths such as "
-                                        "\\[64\\], got 64"):
+    with pytest.raises(
+        TypeError, match="hidden_channels must be a sequence of widths such as \\[64\\], got 64"
+    ):
         GCN(10, 64, 1)
 
 

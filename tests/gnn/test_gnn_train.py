@@ -31,8 +31,14 @@ def test_documents_example_reaches_near_zero_loss() -> None:
     data = random_regression_graph(num_nodes=10, num_edges=20, num_features=10, seed=0)
     with seeded(0):
         model = GCN(10, [64], 1)
-    history = train_node_model(model, data, Adam(model.parameters(), lr=0.01), epochs=100,
-                               task="regression", progress=False)
+    history = train_node_model(
+        model,
+        data,
+        Adam(model.parameters(), lr=0.01),
+        epochs=100,
+        task="regression",
+        progress=False,
+    )
     assert history.epochs == 100 and history.stop_reason == "max_epochs"
     assert history.loss[0] > 0.5
     assert history.loss[-1] < 0.02  # measured 0.009
@@ -48,8 +54,9 @@ def test_karate_club_test_accuracy() -> None:
     data = karate_club(seed=0)
     model = _karate_model()
     with seeded(0):
-        history = train_node_model(model, data, Adam(model.parameters(), lr=0.01), epochs=200,
-                                   patience=50, progress=False)
+        history = train_node_model(
+            model, data, Adam(model.parameters(), lr=0.01), epochs=200, patience=50, progress=False
+        )
     assert history.task == "classification" and history.monitor == "val_loss"
     assert history.final["train_acc"] == 1.0
     assert history.final["test_acc"] >= 0.70  # measured 0.75 (15 of 20 test nodes)
@@ -65,8 +72,14 @@ def test_sbm_test_accuracy_and_the_graph_matters() -> None:
     for name, graph in (("gcn", data), ("mlp", no_edges)):
         with seeded(0):
             model = GCN(8, [16], 3, dropout=0.5)
-            history = train_node_model(model, graph, Adam(model.parameters(), lr=0.01),
-                                       epochs=200, patience=50, progress=False)
+            history = train_node_model(
+                model,
+                graph,
+                Adam(model.parameters(), lr=0.01),
+                epochs=200,
+                patience=50,
+                progress=False,
+            )
         accuracy[name] = history.final["test_acc"]
     assert accuracy["gcn"] >= 0.95  # measured 0.99
     assert accuracy["mlp"] <= 0.75  # measured 0.625
@@ -93,7 +106,10 @@ def test_ours_and_torch_give_identical_loss_curves(name: str, implementation: di
     """
     ours, theirs, lr = TORCH_TWINS[name]
     histories = compare_optimizers(
-        _karate_model(), karate_club(), epochs=30, progress=False,
+        _karate_model(),
+        karate_club(),
+        epochs=30,
+        progress=False,
         optimizers={
             "ours": lambda params: ours(params, lr=lr, **implementation),
             "torch": lambda params: theirs(params, lr=lr, **implementation),
@@ -108,9 +124,14 @@ def test_ours_and_torch_give_identical_loss_curves(name: str, implementation: di
 
 def test_fused_adam_curves_are_identical() -> None:
     histories = compare_optimizers(
-        _karate_model(), karate_club(), epochs=30, progress=False,
-        optimizers={"ours": lambda p: Adam(p, lr=0.01, fused=True),
-                    "torch": lambda p: torch.optim.Adam(p, lr=0.01, fused=True)},
+        _karate_model(),
+        karate_club(),
+        epochs=30,
+        progress=False,
+        optimizers={
+            "ours": lambda p: Adam(p, lr=0.01, fused=True),
+            "torch": lambda p: torch.optim.Adam(p, lr=0.01, fused=True),
+        },
     )
     assert histories["ours"].loss == histories["torch"].loss
 
@@ -131,8 +152,9 @@ def test_closure_optimizers_work() -> None:
     data = random_regression_graph(seed=0)
     with seeded(0):
         model = GCN(10, [64], 1)
-    history = train_node_model(model, data, torch.optim.LBFGS(model.parameters(), lr=0.1),
-                               epochs=10, progress=False)
+    history = train_node_model(
+        model, data, torch.optim.LBFGS(model.parameters(), lr=0.1), epochs=10, progress=False
+    )
     assert history.loss[-1] < 1e-3 * history.loss[0]
 
 
@@ -140,8 +162,9 @@ SCHEDULERS: dict[str, Callable[[Optimizer], object]] = {
     "step": lambda opt: lr_scheduler.StepDecay(opt, step_size=5, gamma=0.5),
     "exponential": lambda opt: lr_scheduler.ExponentialDecay(opt, gamma=0.9),
     "plateau": lambda opt: lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1),
-    "torch_plateau": lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5,
-                                                                            patience=1),
+    "torch_plateau": lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=1
+    ),
     "cyclic": lambda opt: lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=4),
     "warmup_cosine": lambda opt: lr_scheduler.WarmupCosine(opt, warmup_steps=5, total_steps=30),
     "one_cycle": lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=30),
@@ -154,8 +177,9 @@ def test_schedulers_step_once_per_epoch(name: str) -> None:
     epoch, with the monitored validation loss for the plateau schedulers."""
     model = _karate_model()
     optimizer = Adam(model.parameters(), lr=0.05)  # large enough for the val loss to plateau
-    history = train_node_model(model, karate_club(), optimizer, SCHEDULERS[name](optimizer),
-                               epochs=30, progress=False)
+    history = train_node_model(
+        model, karate_club(), optimizer, SCHEDULERS[name](optimizer), epochs=30, progress=False
+    )
     replay_optimizer = Adam([torch.zeros(1, requires_grad=True)], lr=0.05)
     replay = SCHEDULERS[name](replay_optimizer)
     expected = []
@@ -173,8 +197,9 @@ def test_schedulers_step_once_per_epoch(name: str) -> None:
 def test_early_stopping_restores_the_best_state() -> None:
     data = karate_club()
     model = _karate_model()
-    history = train_node_model(model, data, Adam(model.parameters(), lr=0.05), epochs=300,
-                               patience=10, progress=False)
+    history = train_node_model(
+        model, data, Adam(model.parameters(), lr=0.05), epochs=300, patience=10, progress=False
+    )
     assert history.stop_reason == "early_stopping"
     assert history.epochs == history.best_epoch + 10 + 1
     best = min(history.metrics["val_loss"])
@@ -187,8 +212,9 @@ def test_diverging_run_stops_and_keeps_finite_parameters() -> None:
     data = random_regression_graph(seed=0)
     with seeded(0):
         model = GCN(10, [64], 1)
-    history = train_node_model(model, data, SGD(model.parameters(), lr=50.0), epochs=100,
-                               progress=False)
+    history = train_node_model(
+        model, data, SGD(model.parameters(), lr=50.0), epochs=100, progress=False
+    )
     assert history.stop_reason == "non_finite"
     assert history.epochs < 100
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -198,8 +224,9 @@ def test_diverging_run_stops_and_keeps_finite_parameters() -> None:
 def test_without_validation_nodes_the_training_loss_is_monitored() -> None:
     data = karate_club(num_val=0)
     model = _karate_model()
-    history = train_node_model(model, data, Adam(model.parameters(), lr=0.01), epochs=20,
-                               patience=5, progress=False)
+    history = train_node_model(
+        model, data, Adam(model.parameters(), lr=0.01), epochs=20, patience=5, progress=False
+    )
     assert history.monitor == "train_loss" and history.stop_reason == "max_epochs"
     assert set(history.final) == {"train_loss", "train_acc", "test_loss", "test_acc"}
 
@@ -208,15 +235,29 @@ def test_compare_optimizers_leaves_the_model_alone_and_tabulates() -> None:
     model = _karate_model()
     initial = copy.deepcopy(model.state_dict())
     histories = compare_optimizers(
-        model, karate_club(), {"a": lambda p: Adam(p, lr=0.01), "b": lambda p: Adam(p, lr=0.01)},
-        epochs=10, progress=False,
+        model,
+        karate_club(),
+        {"a": lambda p: Adam(p, lr=0.01), "b": lambda p: Adam(p, lr=0.01)},
+        epochs=10,
+        progress=False,
     )
     for name, value in model.state_dict().items():
         assert torch.equal(value, initial[name]), name
     assert histories["a"].loss == histories["b"].loss  # same init, same dropout masks
     table = format_table(histories).splitlines()
-    assert table[0].split() == ["optimizer", "epochs", "best", "stop", "train_loss", "train_acc",
-                                "val_loss", "val_acc", "test_loss", "test_acc", "seconds"]
+    assert table[0].split() == [
+        "optimizer",
+        "epochs",
+        "best",
+        "stop",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "seconds",
+    ]
     assert [line.split()[0] for line in table[2:]] == ["a", "b"]
 
 
@@ -237,8 +278,9 @@ def test_bad_arguments_are_rejected_before_training() -> None:
     with pytest.raises(ValueError, match="patience must be None or an int >= 1, got 0"):
         train_node_model(model, data, optimizer, epochs=5, patience=0)
     too_few = GCN(34, [16], 2)
-    with pytest.raises(ValueError, match="model outputs 2 class scores but data.y has labels "
-                                         "up to 3"):
+    with pytest.raises(
+        ValueError, match="model outputs 2 class scores but data.y has labels up to 3"
+    ):
         train_node_model(too_few, data, Adam(too_few.parameters()), epochs=5)
     with pytest.raises(ValueError, match="data.y must be a float tensor"):
         train_node_model(model, data, optimizer, epochs=5, task="regression")
@@ -253,19 +295,30 @@ def test_cuda_training_matches_torch_adam() -> None:
 
     model, data = to_device(_karate_model(), karate_club(), "cuda")
     histories = compare_optimizers(
-        model, data, epochs=30, progress=False,
-        optimizers={"ours": lambda p: Adam(p, lr=0.01), "torch": lambda p: torch.optim.Adam(
-            p, lr=0.01)},
+        model,
+        data,
+        epochs=30,
+        progress=False,
+        optimizers={
+            "ours": lambda p: Adam(p, lr=0.01),
+            "torch": lambda p: torch.optim.Adam(p, lr=0.01),
+        },
     )
-    torch.testing.assert_close(torch.tensor(histories["ours"].loss),
-                               torch.tensor(histories["torch"].loss), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(histories["ours"].loss),
+        torch.tensor(histories["torch"].loss),
+        rtol=0,
+        atol=1e-6,
+    )
     assert histories["ours"].final["train_acc"] == 1.0
 
 
 def _small_graph(**fields: object) -> Data:
-    data = Data(x=torch.randn(6, 3, generator=torch.Generator().manual_seed(0)),
-                edge_index=torch.tensor([[0, 1, 1, 2, 3, 4], [1, 0, 2, 1, 4, 5]]),
-                y=torch.tensor([0, 1, 0, 1, 0, 1]))
+    data = Data(
+        x=torch.randn(6, 3, generator=torch.Generator().manual_seed(0)),
+        edge_index=torch.tensor([[0, 1, 1, 2, 3, 4], [1, 0, 2, 1, 4, 5]]),
+        y=torch.tensor([0, 1, 0, 1, 0, 1]),
+    )
     for key, value in fields.items():
         data[key] = value
     return data
@@ -274,8 +327,9 @@ def _small_graph(**fields: object) -> Data:
 def _losses(data: Data, epochs: int = 5, **model_options: object) -> list[float]:
     with seeded(0):
         model = GCN(data.x.size(1), [4], 2, **model_options)
-    history = train_node_model(model, data, Adam(model.parameters(), lr=0.05), epochs=epochs,
-                               progress=False)
+    history = train_node_model(
+        model, data, Adam(model.parameters(), lr=0.05), epochs=epochs, progress=False
+    )
     return history.loss
 
 
@@ -311,8 +365,12 @@ def test_one_node_graph_trains() -> None:
     valid if tiny graph: it trains, and both forms give the same curve."""
     x, y = torch.randn(1, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([1])
     no_edge = Data(x=x, edge_index=torch.empty(2, 0, dtype=torch.long), y=y)
-    self_loop = Data(x=x, edge_index=torch.zeros(2, 1, dtype=torch.long), y=y,
-                     train_mask=torch.ones(1, dtype=torch.bool))
+    self_loop = Data(
+        x=x,
+        edge_index=torch.zeros(2, 1, dtype=torch.long),
+        y=y,
+        train_mask=torch.ones(1, dtype=torch.bool),
+    )
     losses = _losses(no_edge, epochs=20)
     assert losses[-1] < 0.5 * losses[0]
     assert _losses(self_loop, epochs=20) == losses
@@ -324,8 +382,11 @@ def test_a_dict_instead_of_data_is_a_clear_type_error() -> None:
     graph = karate_club()
     fields = {"x": graph.x, "edge_index": graph.edge_index, "y": graph.y}
     for task in (None, "classification"):
-        with pytest.raises(TypeError, match="data must be a torch_geometric.data.Data, got "
-                                            "dict; build one with Data\\(\\*\\*fields\\)"):
+        with pytest.raises(
+            TypeError,
+            match="data must be a torch_geometric.data.Data, got "
+            "dict; build one with Data\\(\\*\\*fields\\)",
+        ):
             train_node_model(model, fields, optimizer, epochs=5, task=task, progress=False)
     train_node_model(model, Data(**fields), optimizer, epochs=1, progress=False)  # as advised
 
@@ -336,11 +397,15 @@ def test_model_and_graph_that_do_not_fit_are_named_before_training() -> None:
         model = GCN(3, [4], 2)
     initial = copy.deepcopy(model.state_dict())
     optimizer = Adam(model.parameters(), lr=0.05)
-    with pytest.raises(ValueError, match="model parameters are torch.float32 but data.x is "
-                                         "torch.float64"):
+    with pytest.raises(
+        ValueError, match="model parameters are torch.float32 but data.x is torch.float64"
+    ):
         train_node_model(model, _small_graph(x=data.x.double()), optimizer, epochs=2)
-    with pytest.raises(ValueError, match="model\\(x, edge_index\\) failed on this graph \\(x of "
-                                         "shape \\[6, 5\\]\\).*cannot be multiplied"):
+    with pytest.raises(
+        ValueError,
+        match="model\\(x, edge_index\\) failed on this graph \\(x of "
+        "shape \\[6, 5\\]\\).*cannot be multiplied",
+    ):
         train_node_model(model, _small_graph(x=torch.randn(6, 5)), optimizer, epochs=2)
     for bad in (True, 2.0):
         with pytest.raises(ValueError, match="epochs must be an int >= 1, got"):
@@ -355,8 +420,10 @@ def test_model_and_graph_that_do_not_fit_are_named_before_training() -> None:
 def test_labels_outside_every_mask_are_not_read() -> None:
     """Unlabelled nodes (label -1, outside every mask) take part in message passing only; the
     class count is checked against the labelled nodes."""
-    data = _small_graph(y=torch.tensor([0, 1, -1, -1, 7, 1]),
-                        train_mask=torch.tensor([True, True, False, False, False, False]),
-                        test_mask=torch.tensor([False, False, False, False, False, True]))
+    data = _small_graph(
+        y=torch.tensor([0, 1, -1, -1, 7, 1]),
+        train_mask=torch.tensor([True, True, False, False, False, False]),
+        test_mask=torch.tensor([False, False, False, False, False, True]),
+    )
     history = _losses(data, epochs=20)
     assert history[-1] < history[0]

@@ -120,8 +120,12 @@ def test_min_norm_weights_reach_the_minimum_on_collinear_gradients():
     scipy_optimize = pytest.importorskip("scipy.optimize")
     gram = (grads @ grads.T).numpy()
     reference = scipy_optimize.minimize(
-        lambda w: w @ gram @ w, [1 / 7] * 7, jac=lambda w: 2 * gram @ w, method="SLSQP",
-        bounds=[(0, 1)] * 7, constraints={"type": "eq", "fun": lambda w: w.sum() - 1},
+        lambda w: w @ gram @ w,
+        [1 / 7] * 7,
+        jac=lambda w: 2 * gram @ w,
+        method="SLSQP",
+        bounds=[(0, 1)] * 7,
+        constraints={"type": "eq", "fun": lambda w: w.sum() - 1},
         options={"ftol": 1e-15, "maxiter": 1000},
     )
     assert value <= reference.fun * (1 + 1e-6)
@@ -298,8 +302,9 @@ def test_two_identical_gradients_are_their_own_min_norm_point(scale):
 
 def test_cagrad_default_c_is_one_half():
     grads = _conflicting_gradients(4, seed=7)
-    torch.testing.assert_close(cagrad_weights(grads), _reference_cagrad(grads, 0.5), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(
+        cagrad_weights(grads), _reference_cagrad(grads, 0.5), atol=1e-5, rtol=0
+    )
     assert torch.equal(cagrad_weights(grads), cagrad_weights(grads, 0.5))
     assert torch.equal(cagrad(grads), cagrad(grads, 0.5, rescale=True))
 

@@ -83,8 +83,9 @@ def _betas(draw: st.DrawFn) -> tuple[Any, Any]:
     """Adam-style betas; each may be a float or a 1-element tensor, as torch.optim allows."""
     betas = (draw(st.floats(0.0, 0.95)), draw(st.floats(0.5, 0.999)))
     # mostly floats, sometimes tensors, now and then one of each (which torch.optim refuses)
-    as_tensor = draw(st.sampled_from([(False, False)] * 4 + [(True, True)] * 2
-                                     + [(True, False), (False, True)]))
+    as_tensor = draw(
+        st.sampled_from([(False, False)] * 4 + [(True, True)] * 2 + [(True, False), (False, True)])
+    )
     return tuple(
         torch.tensor(beta, dtype=torch.float64) if tensor else beta
         for beta, tensor in zip(betas, as_tensor, strict=True)
@@ -165,8 +166,8 @@ FAMILIES: dict[str, Family] = {
             _rmsprop,
             torch.optim.RMSprop,
             # torch has no fused RMSprop; ours fuses the plain configuration on the CPU
-            fused=lambda kw: not (
-                kw["momentum"] or kw["centered"] or kw["weight_decay"] or kw["maximize"]
+            fused=lambda kw: (
+                not (kw["momentum"] or kw["centered"] or kw["weight_decay"] or kw["maximize"])
             ),
         ),
         Family("Adam", ours.Adam, _adam, torch.optim.Adam),
@@ -233,8 +234,9 @@ def param_specs(draw: st.DrawFn, max_dim: int = 4) -> ParamSpec:
     return ParamSpec(shape, layout, grad_layout, offset)
 
 
-def allocate(spec_shape: tuple[int, ...], layout: tuple[int, ...], dtype: torch.dtype,
-             offset: int = 0) -> torch.Tensor:
+def allocate(
+    spec_shape: tuple[int, ...], layout: tuple[int, ...], dtype: torch.dtype, offset: int = 0
+) -> torch.Tensor:
     """An uninitialised tensor of ``spec_shape`` whose memory order is ``layout``."""
     permuted = [spec_shape[d] for d in layout]
     storage = torch.empty(offset + math.prod(permuted), dtype=dtype)
@@ -303,15 +305,20 @@ def problems(
     dtype = draw(st.sampled_from([torch.float64, torch.float32]))
     specs = draw(st.lists(param_specs(), min_size=1, max_size=max_params))
     if simple_layouts:
-        specs = [ParamSpec(s.shape, tuple(range(len(s.shape))), tuple(range(len(s.shape))))
-                 for s in specs]
+        specs = [
+            ParamSpec(s.shape, tuple(range(len(s.shape))), tuple(range(len(s.shape))))
+            for s in specs
+        ]
     if large and draw(st.booleans()):
         specs[0] = ParamSpec((2**17,), (0,), (0,))
     n_groups = draw(st.integers(1, min(3, len(specs))))
     # every group gets at least one parameter: the first n_groups go one per group
     groups = list(range(n_groups)) + draw(
-        st.lists(st.integers(0, n_groups - 1), min_size=len(specs) - n_groups,
-                 max_size=len(specs) - n_groups)
+        st.lists(
+            st.integers(0, n_groups - 1),
+            min_size=len(specs) - n_groups,
+            max_size=len(specs) - n_groups,
+        )
     )
     group_lrs = (None,) + tuple(
         draw(st.one_of(st.none(), st.floats(1e-4, 0.05))) for _ in range(n_groups - 1)
@@ -323,8 +330,18 @@ def problems(
         else (False,) * len(specs)
         for _ in range(steps)
     )
-    return Problem(family.name, kwargs, path, dtype, tuple(specs), tuple(groups), group_lrs,
-                   steps, no_grad, draw(st.integers(0, 2**16)))
+    return Problem(
+        family.name,
+        kwargs,
+        path,
+        dtype,
+        tuple(specs),
+        tuple(groups),
+        group_lrs,
+        steps,
+        no_grad,
+        draw(st.integers(0, 2**16)),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,12 +383,14 @@ def param_groups(params: list[torch.Tensor], problem: Problem) -> list[dict[str,
     return groups
 
 
-def our_optimizer(params: list[torch.Tensor], problem: Problem, path: str | None = None
-                  ) -> Optimizer:
+def our_optimizer(
+    params: list[torch.Tensor], problem: Problem, path: str | None = None
+) -> Optimizer:
     """Our optimizer over ``params`` on ``path`` (the problem's path by default)."""
     family = FAMILIES[problem.family]
-    return family.cls(param_groups(params, problem), **problem.kwargs,
-                      **PATHS[path or problem.path])
+    return family.cls(
+        param_groups(params, problem), **problem.kwargs, **PATHS[path or problem.path]
+    )
 
 
 def reference_optimizer(params: list[torch.Tensor], problem: Problem) -> Optimizer:
@@ -379,8 +398,9 @@ def reference_optimizer(params: list[torch.Tensor], problem: Problem) -> Optimiz
     family = FAMILIES[problem.family]
     if family.twin is None:
         return family.cls(param_groups(params, problem), **problem.kwargs, foreach=False)
-    return family.twin(param_groups(params, problem), **family.twin_kwargs(problem.kwargs),
-                       foreach=False)
+    return family.twin(
+        param_groups(params, problem), **family.twin_kwargs(problem.kwargs), foreach=False
+    )
 
 
 def use_reference_loop(twin: Optimizer) -> None:
@@ -395,8 +415,7 @@ def use_reference_loop(twin: Optimizer) -> None:
             group["fused"] = None
 
 
-def gradients(params: list[torch.Tensor], problem: Problem, step: int
-              ) -> list[torch.Tensor | None]:
+def gradients(params: list[torch.Tensor], problem: Problem, step: int) -> list[torch.Tensor | None]:
     """The gradients of ``step``: 2 p + noise (a bowl, so errors compound), in grad_layout."""
     generator = torch.Generator().manual_seed(10_000 * problem.seed + step)
     grads: list[torch.Tensor | None] = []
@@ -455,8 +474,9 @@ def assert_same_run(
     context = f"{what}\n{problem.describe()}"
     for i, (a, e) in enumerate(zip(actual_params, expected_params, strict=True)):
         assert a.shape == e.shape, f"param {i}: shape {a.shape} != {e.shape}\n{context}"
-        torch.testing.assert_close(a.detach(), e.detach(), **tol,
-                                   msg=lambda m, i=i: f"param {i}: {m}\n{context}")
+        torch.testing.assert_close(
+            a.detach(), e.detach(), **tol, msg=lambda m, i=i: f"param {i}: {m}\n{context}"
+        )
         a_state = _tensor_state(actual.state.get(a, {}))
         e_state = _tensor_state(expected.state.get(e, {}))
         if not a_state and float(e_state.get("step", 0)) == 0:
@@ -469,7 +489,9 @@ def assert_same_run(
                 f"param {i}: state[{key!r}] shape {a_state[key].shape} != {value.shape}\n{context}"
             )
             torch.testing.assert_close(
-                a_state[key].to(value.dtype), value, **tol,
+                a_state[key].to(value.dtype),
+                value,
+                **tol,
                 msg=lambda m, i=i, key=key: f"param {i} state[{key!r}]: {m}\n{context}",
             )
 

@@ -257,8 +257,15 @@ def test_cuda_matches_torch_on_cuda(case, impl):
     assert_close_lists(candidate, reference, torch.float32)
 
 
-@pytest.mark.parametrize("cls, kwargs", [(ours.Adam, {}), (ours.SGD, dict(lr=0.1, momentum=0.9)),
-                                         (ours.Adagrad, {}), (ours.RMSprop, {})])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (ours.Adam, {}),
+        (ours.SGD, dict(lr=0.1, momentum=0.9)),
+        (ours.Adagrad, {}),
+        (ours.RMSprop, {}),
+    ],
+)
 def test_small_and_large_tensors_split_across_thread_counts_give_the_same_numbers(cls, kwargs):
     # Tensors below PARALLEL_GRAIN run the fused kernel on one thread, larger ones on all.
     previous = torch.get_num_threads()

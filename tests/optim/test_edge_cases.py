@@ -37,8 +37,12 @@ def test_low_precision_parameters_follow_torch(case, dtype):
     for ours_p, torch_p, start in zip(candidate, reference, base, strict=True):
         assert (ours_p.detach() != start).float().mean() > 0.9  # every block really moved
         # a few ulps apart at most: fused kernels compute in float32, torch's loop rounds each op
-        torch.testing.assert_close(ours_p.detach().float(), torch_p.detach().float(),
-                                   rtol=0, atol=4 * torch.finfo(dtype).eps * 4)
+        torch.testing.assert_close(
+            ours_p.detach().float(),
+            torch_p.detach().float(),
+            rtol=0,
+            atol=4 * torch.finfo(dtype).eps * 4,
+        )
 
 
 @pytest.mark.parametrize("flat", [False, True])
@@ -118,8 +122,10 @@ def test_flat_mode_loads_partial_state_and_continues_like_normal_mode():
         saved_params[3].grad = None  # this parameter has no state in the checkpoint
         saver.step()
     checkpoint = copy.deepcopy(saver.state_dict())
-    normal_params, flat_params = make_params(torch.float64, seed=5), make_params(torch.float64,
-                                                                                  seed=5)
+    normal_params, flat_params = (
+        make_params(torch.float64, seed=5),
+        make_params(torch.float64, seed=5),
+    )
     normal = ours.Adam(normal_params, lr=0.1)
     flat = ours.Adam(flat_params, lr=0.1, flat=True)
     for step in range(2):  # the flat optimizer has packed state before the load
@@ -141,8 +147,10 @@ def test_nesterov_with_sparse_gradients_matches_torch():
     embeddings = [torch.nn.Embedding(6, 2, sparse=True).double() for _ in range(2)]
     embeddings[1].load_state_dict(embeddings[0].state_dict())
     kwargs = dict(lr=0.1, momentum=0.9, nesterov=True)
-    optimizers = [torch.optim.SGD(embeddings[0].parameters(), **kwargs),
-                  ours.SGD(embeddings[1].parameters(), **kwargs)]
+    optimizers = [
+        torch.optim.SGD(embeddings[0].parameters(), **kwargs),
+        ours.SGD(embeddings[1].parameters(), **kwargs),
+    ]
     for rows in ([1, 2], [2, 3], [1, 4]):
         for embedding, optimizer in zip(embeddings, optimizers, strict=True):
             optimizer.zero_grad()
@@ -171,8 +179,9 @@ def test_sparse_gradient_on_a_dense_only_optimizer_is_rejected_before_any_change
 
 def test_numpy_scalars_are_accepted_like_torch():
     params, twins = make_params(torch.float64), make_params(torch.float64)
-    optimizer = ours.Adam(params, lr=np.float32(0.01), betas=np.array([0.9, 0.999]),
-                          weight_decay=np.int64(0))
+    optimizer = ours.Adam(
+        params, lr=np.float32(0.01), betas=np.array([0.9, 0.999]), weight_decay=np.int64(0)
+    )
     twin = torch.optim.Adam(twins, lr=float(np.float32(0.01)), betas=(0.9, 0.999))
     sgd = ours.SGD(params, lr=np.float64(0.1), momentum=np.float32(0.9))
     sgd_twin = torch.optim.SGD(twins, lr=0.1, momentum=float(np.float32(0.9)))
@@ -230,8 +239,14 @@ def test_momentum_follows_a_cycled_beta(impl):
     # With beta_t changing every step the EMA is v_t = beta_t v_{t-1} + (1 - beta_t) g_t.
     theta = torch.zeros(4, dtype=torch.float64, requires_grad=True)
     optimizer = ours.Momentum([theta], lr=0.1, beta=0.9, **impl)
-    scheduler = OneCycleLR(optimizer, max_lr=0.5, total_steps=12, cycle_momentum=True,
-                           base_momentum=0.8, max_momentum=0.95)
+    scheduler = OneCycleLR(
+        optimizer,
+        max_lr=0.5,
+        total_steps=12,
+        cycle_momentum=True,
+        base_momentum=0.8,
+        max_momentum=0.95,
+    )
     velocity, expected = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
     for step in range(12):
         lr, beta = optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"]

@@ -93,7 +93,8 @@ def test_flat_state_dict_round_trip_and_resume():
     state_views = second.state[resumed[0]]["square_avg"]
     slab = second._flat_groups[0].slabs[0]
     assert state_views.untyped_storage().data_ptr() == (
-        slab.flat_state["square_avg"].untyped_storage().data_ptr())
+        slab.flat_state["square_avg"].untyped_storage().data_ptr()
+    )
     for step in range(5, 12):
         set_grads([uninterrupted, resumed], step)
         reference.step()
@@ -115,11 +116,13 @@ def test_momentum_closed_form_on_a_constant_gradient(impl):
         theta.grad = torch.full((3,), g, dtype=torch.float64)
         optimizer.step()
     expected = -lr * g * sum(1 - beta**t for t in range(1, steps + 1))
-    torch.testing.assert_close(theta.detach(), torch.full((3,), expected, dtype=torch.float64),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        theta.detach(), torch.full((3,), expected, dtype=torch.float64), rtol=1e-12, atol=0
+    )
     velocity = optimizer.state[theta]["momentum_buffer"]
-    torch.testing.assert_close(velocity, torch.full((3,), (1 - beta**steps) * g,
-                                                    dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        velocity, torch.full((3,), (1 - beta**steps) * g, dtype=torch.float64), rtol=1e-12, atol=0
+    )
 
 
 def test_momentum_differs_from_torch_sgd_dampening_only_by_the_first_step():
@@ -173,11 +176,14 @@ def _yogi_by_hand(theta, grads, lr, beta1, beta2, eps, v0):
 def test_yogi_matches_the_equations(impl):
     generator = torch.Generator().manual_seed(0)
     theta0 = torch.randn(5, dtype=torch.float64, generator=generator)
-    grads = [torch.randn(5, dtype=torch.float64, generator=generator) * (10 if t == 3 else 1)
-             for t in range(12)]
+    grads = [
+        torch.randn(5, dtype=torch.float64, generator=generator) * (10 if t == 3 else 1)
+        for t in range(12)
+    ]
     theta = theta0.clone().requires_grad_()
-    optimizer = ours.Yogi([theta], lr=0.05, betas=(0.9, 0.99), eps=1e-3,
-                          initial_accumulator_value=1e-2, **impl)
+    optimizer = ours.Yogi(
+        [theta], lr=0.05, betas=(0.9, 0.99), eps=1e-3, initial_accumulator_value=1e-2, **impl
+    )
     for g in grads:
         theta.grad = g.clone()
         optimizer.step()

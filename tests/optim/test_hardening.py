@@ -444,8 +444,10 @@ def test_the_thread_count_survives_two_threads_when_the_setting_is_process_wide(
     assert setting["threads"] == 2
 
 
-@pytest.mark.parametrize("option, value", [("lr", "0.1"), ("lr", None), ("weight_decay", None),
-                                           ("amsgrad", "yes"), ("betas", (0.9,))])
+@pytest.mark.parametrize(
+    "option, value",
+    [("lr", "0.1"), ("lr", None), ("weight_decay", None), ("amsgrad", "yes"), ("betas", (0.9,))],
+)
 def test_a_checkpoint_with_an_option_of_the_wrong_kind_is_refused(option, value):
     params = [_leaf(torch.randn(3))]
     optimizer = _stepped(ours.Adam, params)

@@ -103,12 +103,15 @@ def test_d_is_one_estimate_over_groups_that_span_several_dtypes(impl):
 
     reference = build()
     candidate = clone_params(reference)
+
     # Decay only in the float64 group: in float32 the first moves (~d0) are a few ulps of x,
     # so fused AdamW's rounding of the decay (p * (1 - a), not p - a p) would shift d by ~1%.
-    groups = lambda ps: [  # noqa: E731
-        {"params": ps[:2], "eps": 1e-6, "safeguard_warmup": True},
-        {"params": ps[2:], "weight_decay": 0.1},
-    ]
+    def groups(ps: list[torch.Tensor]) -> list[dict]:
+        return [
+            {"params": ps[:2], "eps": 1e-6, "safeguard_warmup": True},
+            {"params": ps[2:], "weight_decay": 0.1},
+        ]
+
     theirs = _theirs(groups(reference))
     ours = Prodigy(groups(candidate), **IMPLS[impl])
     for step in range(30):
@@ -222,8 +225,11 @@ def test_a_checkpoint_with_a_wrong_statistics_shape_is_refused_unchanged():
     state_dict = _through_a_file(optimizer.state_dict())
     state_dict["state"][0]["s"] = torch.zeros(5, dtype=torch.float64)
     before = optimizer.state[params[0]]["s"].clone()
-    with pytest.raises(ValueError, match=r"parameter 0: state\['s'\] has shape \(5,\) but expected "
-                                         r"shape \(12,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"parameter 0: state\['s'\] has shape \(5,\) but expected "
+        r"shape \(12,\)",
+    ):
         optimizer.load_state_dict(state_dict)
     assert torch.equal(optimizer.state[params[0]]["s"], before)
 

@@ -93,10 +93,12 @@ def test_state_dict_round_trip_resumes_exactly(family, data):
     problem = data.draw(problems([family], min_steps=2, odd_types=False), label="problem")
     saved_after = data.draw(st.integers(1, problem.steps - 1), label="saved_after")
     has_twin = FAMILIES[family].twin is not None
-    saver_kind = data.draw(st.sampled_from(["ours", "twin"] if has_twin else ["ours"]),
-                           label="saver")
-    resume_path = data.draw(st.sampled_from(paths_for(FAMILIES[family], problem.kwargs)),
-                            label="resume_path")
+    saver_kind = data.draw(
+        st.sampled_from(["ours", "twin"] if has_twin else ["ours"]), label="saver"
+    )
+    resume_path = data.draw(
+        st.sampled_from(paths_for(FAMILIES[family], problem.kwargs)), label="resume_path"
+    )
 
     params = make_params(problem)
     uninterrupted = our_optimizer(params, problem)
@@ -120,19 +122,30 @@ def test_state_dict_round_trip_resumes_exactly(family, data):
         use_reference_loop(twin)
         resumed_runs.append((twin_params, twin, f"torch twin resumed from {saver_kind}"))
 
-    run(problem, [r[1] for r in resumed_runs], [r[0] for r in resumed_runs],
-        range(saved_after, problem.steps))
+    run(
+        problem,
+        [r[1] for r in resumed_runs],
+        [r[0] for r in resumed_runs],
+        range(saved_after, problem.steps),
+    )
     for resumed_params, resumed, what in resumed_runs:
-        assert_same_run(resumed_params, resumed, params, uninterrupted, problem,
-                        f"{what} after {saved_after} steps vs uninterrupted")
+        assert_same_run(
+            resumed_params,
+            resumed,
+            params,
+            uninterrupted,
+            problem,
+            f"{what} after {saved_after} steps vs uninterrupted",
+        )
 
 
 @pytest.mark.parametrize(("source", "target"), [("Adam", "AdamW"), ("AdamW", "Adam")])
 @given(data=st.data())
 def test_adam_and_adamw_state_dicts_load_into_each_other_like_torch(source, target, data):
     """Loading one's state dict into the other behaves as in torch.optim (AdamW stays AdamW)."""
-    problem = data.draw(problems([target], min_steps=2, max_steps=3, odd_types=False),
-                        label="problem")
+    problem = data.draw(
+        problems([target], min_steps=2, max_steps=3, odd_types=False), label="problem"
+    )
     source_kwargs = {k: v for k, v in problem.kwargs.items() if k != "decoupled_weight_decay"}
     source_problem = dataclasses.replace(problem, family=source, kwargs=source_kwargs)
     saved_after = data.draw(st.integers(1, problem.steps - 1), label="saved_after")
@@ -149,8 +162,14 @@ def test_adam_and_adamw_state_dicts_load_into_each_other_like_torch(source, targ
     twin.load_state_dict(copy.deepcopy(saved))
     use_reference_loop(twin)
     run(problem, [loaded, twin], [ours_params, twin_params], range(saved_after, problem.steps))
-    assert_same_run(ours_params, loaded, twin_params, twin, problem,
-                    f"{source} state dict loaded into {target}: ours vs torch")
+    assert_same_run(
+        ours_params,
+        loaded,
+        twin_params,
+        twin,
+        problem,
+        f"{source} state dict loaded into {target}: ours vs torch",
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,8 +187,10 @@ def test_flat_refuses_or_keeps_parameters_that_share_memory(family, data):
         label="slices (start, length) of one storage",
     )
     cls = FAMILIES[family].cls
-    grads = [torch.randn(length, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
-             for i, (_, length) in enumerate(slices)]
+    grads = [
+        torch.randn(length, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+        for i, (_, length) in enumerate(slices)
+    ]
 
     def build() -> tuple[torch.Tensor, list[torch.Tensor]]:
         storage = torch.linspace(-1, 1, 10, dtype=torch.float64)
@@ -357,8 +378,9 @@ def _differences(before: Any, after: Any, where: str = "") -> list[str]:
 @given(data=st.data())
 def test_corrupted_state_dict_is_refused_and_changes_nothing(family, data):
     problem = data.draw(
-        problems([family], max_params=3, max_steps=2, simple_layouts=True, odd_types=False,
-                 large=True),
+        problems(
+            [family], max_params=3, max_steps=2, simple_layouts=True, odd_types=False, large=True
+        ),
         label="problem",
     )
     saver_params = make_params(problem)
@@ -379,21 +401,34 @@ def test_corrupted_state_dict_is_refused_and_changes_nothing(family, data):
         except (ValueError, TypeError, KeyError) as error:
             message = str(error)
             if not any(name.lower() in message.lower() for name in names):
-                note(f"{description}: error does not name {names}: {type(error).__name__}: "
-                     f"{message}")
+                note(
+                    f"{description}: error does not name {names}: {type(error).__name__}: {message}"
+                )
         except Exception as error:
-            note(f"{description}: load raised {type(error).__name__} (want ValueError, "
-                 f"TypeError or KeyError): {error}")
+            note(
+                f"{description}: load raised {type(error).__name__} (want ValueError, "
+                f"TypeError or KeyError): {error}"
+            )
         else:
             note(f"{description}: load_state_dict ACCEPTED the corrupted state dict")
         changes = _differences(before, _snapshot(target, target_params))
         if changes:
             note(f"{description}: the failed load changed the optimizer: {changes[:3]}")
         try:
-            run(problem, [target, reference], [target_params, reference_params],
-                range(target_steps, target_steps + 1))
-            assert_same_run(target_params, target, reference_params, reference, problem,
-                            "step after the refused load vs an optimizer that never saw it")
+            run(
+                problem,
+                [target, reference],
+                [target_params, reference_params],
+                range(target_steps, target_steps + 1),
+            )
+            assert_same_run(
+                target_params,
+                target,
+                reference_params,
+                reference,
+                problem,
+                "step after the refused load vs an optimizer that never saw it",
+            )
         except Exception as error:
             note(f"{description}: the next step: {type(error).__name__}: {error}")
 

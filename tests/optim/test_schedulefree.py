@@ -68,8 +68,9 @@ def test_same_numbers_as_schedulefree_over_50_steps(name, options, impl):
     for p, q in zip(candidate, reference, strict=True):
         assert set(ours.state[p]) == set(theirs.state[q])
         for key in theirs.state[q]:
-            torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], rtol=1e-10,
-                                       atol=1e-12)
+            torch.testing.assert_close(
+                ours.state[p][key], theirs.state[q][key], rtol=1e-10, atol=1e-12
+            )
     theirs.eval(), ours.eval()
     assert_close_lists(candidate, reference, torch.float64)  # x, the average
     for key in GROUP_COUNTERS:

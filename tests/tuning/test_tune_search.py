@@ -298,15 +298,22 @@ def test_default_warmup_cosine_space_fits_runs_of_any_length():
 
 def test_seeds_up_to_max_seed_run_and_the_trial_seeds_wrap_around():
     space = SearchSpace(SGD_LR)
-    result = tune(quadratic_task(steps=1), space, n_trials=3, seed=MAX_SEED - 1,
-                  storage=InMemoryStorage(), pruner="none")
+    result = tune(
+        quadratic_task(steps=1),
+        space,
+        n_trials=3,
+        seed=MAX_SEED - 1,
+        storage=InMemoryStorage(),
+        pruner="none",
+    )
     assert len(result.study.trials) == 3  # trial seeds MAX_SEED - 1, MAX_SEED and 0
     sampler = TrialSeededTPESampler(MAX_SEED - 1)
     assert [sampler.trial_seed(k) for k in range(3)] == [MAX_SEED - 1, MAX_SEED, 0]
     # The wrapped trial draws what a study seeded with 0 draws first.
     lr = [t.params["sgd.lr"] for t in result.study.trials]
-    from_zero = tune(quadratic_task(steps=1), space, n_trials=1, seed=0,
-                     storage=InMemoryStorage(), pruner="none")
+    from_zero = tune(
+        quadratic_task(steps=1), space, n_trials=1, seed=0, storage=InMemoryStorage(), pruner="none"
+    )
     assert from_zero.study.trials[0].params["sgd.lr"] == lr[2]
     assert len(set(lr)) == 3
     with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, {MAX_SEED}\]"):
@@ -349,6 +356,9 @@ def test_pruners_by_name():
 
 def test_best_config_of_a_study_without_trials_says_so():
     study = optuna.create_study(storage=InMemoryStorage(), study_name="empty")
-    with pytest.raises(NoCompletedTrialError, match=r"'empty' has no completed trial \(0 trials; "
-                       r"last error: none recorded\)"):
+    with pytest.raises(
+        NoCompletedTrialError,
+        match=r"'empty' has no completed trial \(0 trials; "
+        r"last error: none recorded\)",
+    ):
         best_config(study)

@@ -22,20 +22,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gnn": ("torchopt_edu.cli.gnn", "train a GCN on a graph with several optimizers"),
     "federated": ("torchopt_edu.cli.federated", "simulate federated learning on digits"),
     "tune": ("torchopt_edu.cli.tune", "Optuna search over optimizers and hyper-parameters"),
-    "bench-e2e": ("torchopt_edu.cli.bench_e2e",
-                  "whole training steps (forward, backward, AdamW) against torch.optim"),
+    "bench-e2e": (
+        "torchopt_edu.cli.bench_e2e",
+        "whole training steps (forward, backward, AdamW) against torch.optim",
+    ),
     "gnn-bench": ("torchopt_edu.cli.gnn_bench", "GCN epoch time, our Adam against torch's"),
-    "federated-bench": ("torchopt_edu.cli.federated_bench",
-                        "federated rounds per second and framework overhead"),
+    "federated-bench": (
+        "torchopt_edu.cli.federated_bench",
+        "federated rounds per second and framework overhead",
+    ),
 }
 
 
 def _usage() -> str:
     lines = ["usage: torchopt-edu [--version] COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run 'torchopt-edu COMMAND --help' for the options of one command.",
-              "Optimizer names are the same everywhere: ours (adam, AdamW, ...) or "
-              "torch.optim.<Name>, any case."]
+    lines += [
+        "",
+        "Run 'torchopt-edu COMMAND --help' for the options of one command.",
+        "Optimizer names are the same everywhere: ours (adam, AdamW, ...) or "
+        "torch.optim.<Name>, any case.",
+    ]
     return "\n".join(lines)
 
 
@@ -50,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"torchopt-edu: error: unknown command {name!r}; choose from "
-              f"{', '.join(COMMANDS)} (see torchopt-edu --help)", file=sys.stderr)
+        print(
+            f"torchopt-edu: error: unknown command {name!r}; choose from "
+            f"{', '.join(COMMANDS)} (see torchopt-edu --help)",
+            file=sys.stderr,
+        )
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)

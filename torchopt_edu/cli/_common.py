@@ -42,8 +42,13 @@ class NameList(argparse.Action):
         super().__init__(*args, **kwargs)
         self.convert = convert
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         """Split every word on commas, convert each name, store the list."""
         try:
             flat = [self.convert(name) for word in values for name in _argtypes.names(word)]
@@ -68,28 +73,56 @@ def add_common(
     ``--json PATH`` (always: write the results as JSON to PATH).
     """
     if out is not None:
-        parser.add_argument("--out", type=Path, default=Path(out), metavar="DIR",
-                            help=f"folder for the output files (default {out})")
+        parser.add_argument(
+            "--out",
+            type=Path,
+            default=Path(out),
+            metavar="DIR",
+            help=f"folder for the output files (default {out})",
+        )
     if seed:
-        parser.add_argument("--seed", type=_argtypes.seed, default=0,
-                            help="random seed, 0 to 2**32-1 (default 0)")
+        parser.add_argument(
+            "--seed", type=_argtypes.seed, default=0, help="random seed, 0 to 2**32-1 (default 0)"
+        )
     if device is not None:
         parser.add_argument(
-            "--device", type=_argtypes.device, default=device,
-            help=f"auto (CUDA if available), cpu, cuda or cuda:N (default {device})")
+            "--device",
+            type=_argtypes.device,
+            default=device,
+            help=f"auto (CUDA if available), cpu, cuda or cuda:N (default {device})",
+        )
     if progress:
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     if plot:
         parser.add_argument("--no-plot", action="store_true", help="do not draw or save plots")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the results as JSON to PATH",
+    )
 
 
-def add_optimizers(parser: argparse.ArgumentParser, *aliases: str, default: Sequence[str],
-                   help: str, convert: Callable[[str], str]) -> None:
+def add_optimizers(
+    parser: argparse.ArgumentParser,
+    *aliases: str,
+    default: Sequence[str],
+    help: str,
+    convert: Callable[[str], str],
+) -> None:
     """``--optimizers NAME [NAME ...]`` (commas work too), with older spellings as aliases."""
-    parser.add_argument("--optimizers", *aliases, dest="optimizers", nargs="+", action=NameList,
-                        convert=convert, default=list(default), metavar="NAME", help=help)
+    parser.add_argument(
+        "--optimizers",
+        *aliases,
+        dest="optimizers",
+        nargs="+",
+        action=NameList,
+        convert=convert,
+        default=list(default),
+        metavar="NAME",
+        help=help,
+    )
 
 
 def _probe_folder(folder: Path) -> None:
@@ -130,8 +163,12 @@ def output_file_problem(path: Path) -> str | None:
     return None
 
 
-def check_outputs(parser: argparse.ArgumentParser, *, folders: Iterable[tuple[str, Path | None]]
-                  = (), files: Iterable[tuple[str, Path | None]] = ()) -> None:
+def check_outputs(
+    parser: argparse.ArgumentParser,
+    *,
+    folders: Iterable[tuple[str, Path | None]] = (),
+    files: Iterable[tuple[str, Path | None]] = (),
+) -> None:
     """Exit 2 naming the flag unless every given output location can be written."""
     for flag, folder in folders:
         if folder is not None and (problem := output_folder_problem(folder)) is not None:
@@ -174,8 +211,9 @@ def finite_or_none(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> Path:
     """Write ``data`` to ``path`` as strict JSON (NaN and infinity become ``null``)."""
-    path.write_text(json.dumps(finite_or_none(data), indent=1, allow_nan=False) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(finite_or_none(data), indent=1, allow_nan=False) + "\n", encoding="utf-8"
+    )
     return path
 
 

@@ -56,8 +56,11 @@ def format_table(rows: list[Row], update_gb_per_s: float) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ratio = f"**{r.ratio_to_fastest_torch:.2f}**" if r.candidate.startswith("ours") else (
-            f"{r.ratio_to_fastest_torch:.2f}")
+        ratio = (
+            f"**{r.ratio_to_fastest_torch:.2f}**"
+            if r.candidate.startswith("ours")
+            else (f"{r.ratio_to_fastest_torch:.2f}")
+        )
         lines.append(
             f"| {r.algorithm} | {r.shape} | {r.candidate} | {r.ms_per_step:.2f} | {_spread(r)} "
             f"| {ratio} | {r.state_bytes_per_param:.1f} | {r.gb_per_s:.1f} |"
@@ -77,8 +80,9 @@ def format_summary(rows: list[Row]) -> str:
     ]
     for algorithm, shape in dict.fromkeys((r.algorithm, r.shape) for r in rows):
         same = [r for r in rows if r.algorithm == algorithm and r.shape == shape]
-        best = min((r for r in same if r.candidate.startswith("torch")),
-                   key=lambda r: r.ms_per_step)
+        best = min(
+            (r for r in same if r.candidate.startswith("torch")), key=lambda r: r.ms_per_step
+        )
         before = next(r for r in same if r.candidate == "ours foreach")
         ours_row = next(r for r in same if r.candidate == "ours")
         flat_row = next(r for r in same if r.candidate == "ours flat")
@@ -117,14 +121,22 @@ def plot(rows: list[Row]) -> Figure:
 
     shapes = list(dict.fromkeys(r.shape for r in rows))
     algorithms = list(dict.fromkeys(r.algorithm for r in rows))
-    figure, axes = plt.subplots(1, len(shapes), figsize=(4 * len(shapes), 3.5), dpi=80,
-                                sharey=True, squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(shapes), figsize=(4 * len(shapes), 3.5), dpi=80, sharey=True, squeeze=False
+    )
     for axis, shape in zip(axes[0], shapes, strict=True):
         for offset, candidate in ((-0.27, "ours foreach"), (0.0, "ours"), (0.27, "ours flat")):
-            values = [next(r.ratio_to_fastest_torch for r in rows if r.shape == shape and
-                           r.algorithm == a and r.candidate == candidate) for a in algorithms]
-            axis.bar([i + offset for i in range(len(algorithms))], values, width=0.27,
-                     label=candidate)
+            values = [
+                next(
+                    r.ratio_to_fastest_torch
+                    for r in rows
+                    if r.shape == shape and r.algorithm == a and r.candidate == candidate
+                )
+                for a in algorithms
+            ]
+            axis.bar(
+                [i + offset for i in range(len(algorithms))], values, width=0.27, label=candidate
+            )
         axis.axhline(1.0, color="black", linewidth=1)
         axis.set_xticks(range(len(algorithms)), algorithms, rotation=45)
         axis.set_title(f"{shape} (params/tensors)")
@@ -141,18 +153,34 @@ def build_parser() -> _common.Parser:
         description="Step time, state memory and bandwidth of our optimizers vs torch.optim.",
     )
     parser.add_argument("--quick", action="store_true", help="small shapes, few steps (CI smoke)")
-    _common.add_optimizers(parser, "--algorithms", default=list(ALGORITHMS),
-                           convert=algorithm_name,
-                           help=f"default: all of {', '.join(ALGORITHMS)} (ours or torch.optim "
-                                "spelling)")
-    parser.add_argument("--steps", type=_argtypes.positive_int, default=None,
-                        help="timed steps (default 20; quick 5)")
+    _common.add_optimizers(
+        parser,
+        "--algorithms",
+        default=list(ALGORITHMS),
+        convert=algorithm_name,
+        help=f"default: all of {', '.join(ALGORITHMS)} (ours or torch.optim spelling)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_argtypes.positive_int,
+        default=None,
+        help="timed steps (default 20; quick 5)",
+    )
     parser.add_argument("--warmup", type=_argtypes.non_negative_int, default=3)
-    parser.add_argument("--memory-steps", type=_argtypes.positive_int, default=None,
-                        help="steps of the memory-growth check (default 1000; quick 50)")
+    parser.add_argument(
+        "--memory-steps",
+        type=_argtypes.positive_int,
+        default=None,
+        help="steps of the memory-growth check (default 1000; quick 50)",
+    )
     _common.add_common(parser, out="runs/bench", device="cpu")
-    parser.add_argument("--plot", type=Path, default=None, metavar="PATH",
-                        help="save the bar chart at PATH instead of <out>/bench.png")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="save the bar chart at PATH instead of <out>/bench.png",
+    )
     return parser
 
 
@@ -165,24 +193,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_plot and args.plot is not None:
         parser.error("argument --plot: not allowed with --no-plot")
     chart = None if args.no_plot else (args.plot or Path(args.out) / "bench.png")
-    _common.check_outputs(parser, files=[("--json", args.json),
-                                         ("--plot" if args.plot else "--out", chart)])
+    _common.check_outputs(
+        parser, files=[("--json", args.json), ("--plot" if args.plot else "--out", chart)]
+    )
     device = args.device
     steps = args.steps if args.steps is not None else (5 if args.quick else 20)
-    memory_steps = args.memory_steps if args.memory_steps is not None else (
-        50 if args.quick else 1000)
+    memory_steps = (
+        args.memory_steps if args.memory_steps is not None else (50 if args.quick else 1000)
+    )
     shapes = bench.QUICK_SHAPES if args.quick else bench.FULL_SHAPES
     update_gb_per_s = bench.update_bandwidth(shapes[-1][1] * shapes[-1][2], device, repeats=steps)
     rows: list[Row] = []
     for name in args.optimizers:
         for shape in shapes:
-            rows.extend(bench.run_shape(ALGORITHMS[name], shape, device, steps, args.warmup,
-                                        seed=args.seed))
+            rows.extend(
+                bench.run_shape(ALGORITHMS[name], shape, device, steps, args.warmup, seed=args.seed)
+            )
             if not args.no_progress:
                 print(f"  done: {name} {shape[0]}", file=sys.stderr, flush=True)
     memory = bench.memory_growth(device, memory_steps)
-    print(f"{torch.__version__} on {device} ({torch.get_num_threads()} threads), "
-          f"median of {steps} interleaved steps after {args.warmup} warm-up\n")
+    print(
+        f"{torch.__version__} on {device} ({torch.get_num_threads()} threads), "
+        f"median of {steps} interleaved steps after {args.warmup} warm-up\n"
+    )
     print(format_table(rows, update_gb_per_s))
     print("\nsummary (ratio = ours / fastest torch.optim, measured in the same run):\n")
     print(format_summary(rows))
@@ -195,11 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{warning}")
         print(warning, file=sys.stderr)
     if args.json is not None:
-        _common.write_json(args.json, {
-            "torch": torch.__version__, "device": str(device), "steps": steps,
-            "update_gb_per_s": update_gb_per_s, "noisy_spread": NOISY_SPREAD,
-            "rows": [dataclasses.asdict(r) for r in rows], "memory": memory,
-        })
+        _common.write_json(
+            args.json,
+            {
+                "torch": torch.__version__,
+                "device": str(device),
+                "steps": steps,
+                "update_gb_per_s": update_gb_per_s,
+                "noisy_spread": NOISY_SPREAD,
+                "rows": [dataclasses.asdict(r) for r in rows],
+                "memory": memory,
+            },
+        )
         print(f"results written to {args.json}")
     if chart is not None:
         _common.use_agg()

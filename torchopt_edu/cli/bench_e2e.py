@@ -25,11 +25,20 @@ def build_parser() -> _common.Parser:
         "ours vs torch.optim's fastest AdamW on a small transformer and a small ResNet.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny batches, 3 steps (smoke test)")
-    parser.add_argument("--threads", type=_argtypes.positive_int, nargs="+", default=None,
-                        help="intra-op thread counts to run (default: 1 and torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=_argtypes.positive_int,
+        nargs="+",
+        default=None,
+        help="intra-op thread counts to run (default: 1 and torch's default)",
+    )
     parser.add_argument("--models", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
-    parser.add_argument("--steps", type=_argtypes.positive_int, default=None,
-                        help="timed iterations per contender (default 30; quick 3)")
+    parser.add_argument(
+        "--steps",
+        type=_argtypes.positive_int,
+        default=None,
+        help="timed iterations per contender (default 30; quick 3)",
+    )
     _common.add_common(parser, seed=False, device=None, progress=False, plot=False)
     return parser
 
@@ -40,13 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _common.check_outputs(parser, files=[("--json", args.json)])
     rows = run(args.quick, args.threads, args.models, args.steps)
-    costs = [flat_gradient_cost(WORKLOADS[r["model"]], r["threads"], 5 if args.quick else 30)
-             for r in rows if r["candidate"] == "ours flat"]
-    print(f"torch {torch.__version__}, CPU, median of {rows[0]['steps']} interleaved iterations "
-          "after warm-up; ratio = iteration time / torch's fastest AdamW (IQR over rounds)\n")
+    costs = [
+        flat_gradient_cost(WORKLOADS[r["model"]], r["threads"], 5 if args.quick else 30)
+        for r in rows
+        if r["candidate"] == "ours flat"
+    ]
+    print(
+        f"torch {torch.__version__}, CPU, median of {rows[0]['steps']} interleaved iterations "
+        "after warm-up; ratio = iteration time / torch's fastest AdamW (IQR over rounds)\n"
+    )
     print(format_table(rows))
-    print("\nflat mode's extra gradient work per iteration (best of N, outside the model) "
-          "against the step time it saves:\n")
+    print(
+        "\nflat mode's extra gradient work per iteration (best of N, outside the model) "
+        "against the step time it saves:\n"
+    )
     print(format_flat_cost(costs, rows))
     if args.json is not None:
         data = {"torch": torch.__version__, "rows": rows, "flat_gradient_cost": costs}

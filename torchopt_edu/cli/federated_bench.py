@@ -20,8 +20,12 @@ def build_parser() -> _common.Parser:
     parser.add_argument("--rounds", type=_argtypes.positive_int, default=20)
     parser.add_argument("--local-epochs", type=_argtypes.positive_int, default=5)
     parser.add_argument("--batch-size", type=_argtypes.positive_int, default=10)
-    parser.add_argument("--warmup", type=_argtypes.non_negative_int, default=2,
-                        help="rounds before the timed ones (default 2)")
+    parser.add_argument(
+        "--warmup",
+        type=_argtypes.non_negative_int,
+        default=2,
+        help="rounds before the timed ones (default 2)",
+    )
     _common.add_common(parser, device="cpu", progress=False, plot=False)
     return parser
 
@@ -32,9 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _common.require(parser, "sklearn", "the digits data set", "pip install 'torchopt-edu[data]'")
     _common.check_outputs(parser, files=[("--json", args.json)])
-    result = run_benchmark(args.clients, args.fraction, args.rounds, args.local_epochs,
-                           args.batch_size, warmup=args.warmup, device=args.device,
-                           seed=args.seed)
+    result = run_benchmark(
+        args.clients,
+        args.fraction,
+        args.rounds,
+        args.local_epochs,
+        args.batch_size,
+        warmup=args.warmup,
+        device=args.device,
+        seed=args.seed,
+    )
     print(format_result(result))
     if args.json is not None:
         print(f"results written to {_common.write_json(args.json, result)}")

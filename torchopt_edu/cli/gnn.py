@@ -31,23 +31,52 @@ def build_parser() -> _common.Parser:
         prog="torchopt-edu gnn",
         description="Train a GCN on a graph with several optimizers and compare them.",
     )
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="sbm",
-                        help="; ".join(f"{k}: {d.description}" for k, d in DATASETS.items()))
-    _common.add_optimizers(parser, "--optimizer", default=list(OPTIMIZERS),
-                           convert=optimizer_name(closure=True),
-                           help=f"default: all of ours; any of {valid_names()}")
-    parser.add_argument("--lr", type=_argtypes.positive_float, default=None,
-                        help=f"learning rate for every optimizer; default per optimizer {DEMO_LR}")
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="sbm",
+        help="; ".join(f"{k}: {d.description}" for k, d in DATASETS.items()),
+    )
+    _common.add_optimizers(
+        parser,
+        "--optimizer",
+        default=list(OPTIMIZERS),
+        convert=optimizer_name(closure=True),
+        help=f"default: all of ours; any of {valid_names()}",
+    )
+    parser.add_argument(
+        "--lr",
+        type=_argtypes.positive_float,
+        default=None,
+        help=f"learning rate for every optimizer; default per optimizer {DEMO_LR}",
+    )
     parser.add_argument("--epochs", type=_argtypes.positive_int, default=200)
-    parser.add_argument("--patience", type=_argtypes.positive_int, default=50,
-                        help="stop after this many epochs without improvement (default 50)")
-    parser.add_argument("--hidden", type=_argtypes.positive_int, nargs="+", default=None,
-                        help="hidden layer widths (default: per dataset)")
-    parser.add_argument("--dropout", type=_argtypes.non_negative_float, default=None,
-                        help="dropout probability (default: per dataset)")
+    parser.add_argument(
+        "--patience",
+        type=_argtypes.positive_int,
+        default=50,
+        help="stop after this many epochs without improvement (default 50)",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=_argtypes.positive_int,
+        nargs="+",
+        default=None,
+        help="hidden layer widths (default: per dataset)",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=_argtypes.non_negative_float,
+        default=None,
+        help="dropout probability (default: per dataset)",
+    )
     _common.add_common(parser, out="runs/gnn", device="auto")
-    parser.add_argument("--quiet", dest="no_progress", action="store_true",
-                        help="same as --no-progress (older spelling)")
+    parser.add_argument(
+        "--quiet",
+        dest="no_progress",
+        action="store_true",
+        help="same as --no-progress (older spelling)",
+    )
     return parser
 
 
@@ -65,27 +94,46 @@ def main(argv: list[str] | None = None) -> int:
     hidden = args.hidden or list(dataset.hidden)
     out_channels = _out_channels(data)
     with seeded(args.seed):
-        model = GCN(data.num_features, hidden, out_channels,
-                    dropout=dataset.dropout if args.dropout is None else args.dropout)
+        model = GCN(
+            data.num_features,
+            hidden,
+            out_channels,
+            dropout=dataset.dropout if args.dropout is None else args.dropout,
+        )
     model, data = to_device(model, data, args.device)
     optimizers: dict[str, OptimizerFactory] = {}
     for name in args.optimizers:
         cls = resolve_optimizer(name)
         optimizers[name] = partial(cls, lr=args.lr or default_lr(cls))
-    histories = compare_optimizers(model, data, optimizers, epochs=args.epochs, seed=args.seed,
-                                   patience=args.patience, progress=not args.no_progress)
+    histories = compare_optimizers(
+        model,
+        data,
+        optimizers,
+        epochs=args.epochs,
+        seed=args.seed,
+        patience=args.patience,
+        progress=not args.no_progress,
+    )
 
-    print(f"GCN({data.num_features}, {hidden}, {out_channels}) on {args.dataset} "
-          f"({dataset.description}), device {data.x.device}")
+    print(
+        f"GCN({data.num_features}, {hidden}, {out_channels}) on {args.dataset} "
+        f"({dataset.description}), device {data.x.device}"
+    )
     print(format_table(histories))
     results = {name: dataclasses.asdict(history) for name, history in histories.items()}
     histories_path = _common.write_json(args.out / "histories.json", results)
     print(f"wrote {histories_path}")
     if args.json is not None:
-        _common.write_json(args.json, {
-            "dataset": args.dataset, "hidden": hidden, "device": str(data.x.device),
-            "seed": args.seed, "histories": results,
-        })
+        _common.write_json(
+            args.json,
+            {
+                "dataset": args.dataset,
+                "hidden": hidden,
+                "device": str(data.x.device),
+                "seed": args.seed,
+                "histories": results,
+            },
+        )
         print(f"wrote {args.json}")
     if not args.no_plot:
         _common.use_agg()

@@ -15,12 +15,15 @@ def build_parser() -> _common.Parser:
         prog="torchopt-edu gnn-bench",
         description="Time one GCN training epoch with our Adam and torch.optim.Adam.",
     )
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small graph {QUICK_SIZE} instead of {FULL_SIZE}")
-    parser.add_argument("--repeats", type=_argtypes.positive_int, default=7,
-                        help="timed rounds (default 7)")
-    parser.add_argument("--warmup", type=_argtypes.non_negative_int, default=2,
-                        help="discarded rounds (default 2)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"small graph {QUICK_SIZE} instead of {FULL_SIZE}"
+    )
+    parser.add_argument(
+        "--repeats", type=_argtypes.positive_int, default=7, help="timed rounds (default 7)"
+    )
+    parser.add_argument(
+        "--warmup", type=_argtypes.non_negative_int, default=2, help="discarded rounds (default 2)"
+    )
     _common.add_common(parser, device="auto", progress=False, plot=False)
     return parser
 
@@ -31,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _common.check_outputs(parser, files=[("--json", args.json)])
     size = QUICK_SIZE if args.quick else FULL_SIZE
-    results = benchmark_epoch(**size, repeats=args.repeats, warmup=args.warmup,
-                              device=args.device, seed=args.seed)
+    results = benchmark_epoch(
+        **size, repeats=args.repeats, warmup=args.warmup, device=args.device, seed=args.seed
+    )
     print(format_results(results))
     if args.json is not None:
         print(f"results written to {_common.write_json(args.json, results)}")

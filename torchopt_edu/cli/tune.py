@@ -41,26 +41,48 @@ def build_parser() -> _common.Parser:
         prog=PROG,
         description="Optuna search over optimizers, learning rates and schedules.",
     )
-    parser.add_argument("--task", choices=sorted(TASKS), default="digits",
-                        help="; ".join(f"{name}: {what}" for name, what in TASKS.items()))
-    _common.add_optimizers(parser, default=(), convert=optimizer_name(closure=False),
-                           help=f"default: all of ours; any of {valid_names()}")
+    parser.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="digits",
+        help="; ".join(f"{name}: {what}" for name, what in TASKS.items()),
+    )
+    _common.add_optimizers(
+        parser,
+        default=(),
+        convert=optimizer_name(closure=False),
+        help=f"default: all of ours; any of {valid_names()}",
+    )
     schedules = [CONSTANT_SCHEDULE, *SCHEDULES]
-    parser.add_argument("--schedules", nargs="+", action=_common.NameList,
-                        default=[CONSTANT_SCHEDULE], metavar="NAME",
-                        help=f"any of {', '.join(schedules)}; default: {CONSTANT_SCHEDULE}")
-    parser.add_argument("--n-trials", type=_argtypes.positive_int, default=30,
-                        help="the study's trial budget (default 30)")
-    parser.add_argument("--epochs", type=_argtypes.positive_int, default=None,
-                        help="epochs per trial (gradient steps for quadratic); "
-                             "default: digits 10, quadratic 5")
+    parser.add_argument(
+        "--schedules",
+        nargs="+",
+        action=_common.NameList,
+        default=[CONSTANT_SCHEDULE],
+        metavar="NAME",
+        help=f"any of {', '.join(schedules)}; default: {CONSTANT_SCHEDULE}",
+    )
+    parser.add_argument(
+        "--n-trials",
+        type=_argtypes.positive_int,
+        default=30,
+        help="the study's trial budget (default 30)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_argtypes.positive_int,
+        default=None,
+        help="epochs per trial (gradient steps for quadratic); default: digits 10, quadratic 5",
+    )
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="default: median")
-    parser.add_argument("--storage", default=None,
-                        help="SQLite file or database URL; default: <out>/study.db")
+    parser.add_argument(
+        "--storage", default=None, help="SQLite file or database URL; default: <out>/study.db"
+    )
     parser.add_argument("--study-name", default=None, help="default: the task name")
     _common.add_common(parser, out="runs/tune", device=None)
-    parser.add_argument("--no-plots", dest="no_plot", action="store_true",
-                        help="same as --no-plot (older spelling)")
+    parser.add_argument(
+        "--no-plots", dest="no_plot", action="store_true", help="same as --no-plot (older spelling)"
+    )
     return parser
 
 
@@ -97,8 +119,10 @@ def _study_error(error: ValueError, study_name: str, named: bool) -> str:
     """One line for a study that exists with another search space or direction."""
     first = str(error).splitlines()[0].rstrip(":")
     flag = "another --study-name" if named else f"--study-name NAME (the default is {study_name!r})"
-    return (f"{first}; start a new study with {flag} or another --out/--storage, or resume it "
-            "with its own --optimizers and --schedules")
+    return (
+        f"{first}; start a new study with {flag} or another --out/--storage, or resume it "
+        "with its own --optimizers and --schedules"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,13 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.task == "digits":
-        _common.require(parser, "sklearn", "--task digits",
-                        "pip install 'torchopt-edu[data]', or pass --task quadratic")
+        _common.require(
+            parser,
+            "sklearn",
+            "--task digits",
+            "pip install 'torchopt-edu[data]', or pass --task quadratic",
+        )
     if not args.no_plot:
         _common.require_matplotlib(parser)
     uses_out = args.storage is None or not args.no_plot
-    _common.check_outputs(parser, folders=[("--out", args.out if uses_out else None)],
-                          files=[("--json", args.json)])
+    _common.check_outputs(
+        parser, folders=[("--out", args.out if uses_out else None)], files=[("--json", args.json)]
+    )
 
     import optuna
 
@@ -150,9 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar and the summary say enough
     try:
-        result = tune(train, space, n_trials=args.n_trials, storage=backend,
-                      study_name=study_name, pruner=args.pruner, seed=args.seed,
-                      progress_bar=not args.no_progress)
+        result = tune(
+            train,
+            space,
+            n_trials=args.n_trials,
+            storage=backend,
+            study_name=study_name,
+            pruner=args.pruner,
+            seed=args.seed,
+            progress_bar=not args.no_progress,
+        )
     except KeyboardInterrupt:
         print(f"\ninterrupted: the study is saved in {storage}; run the same command to resume")
         return 130
@@ -167,17 +203,23 @@ def main(argv: list[str] | None = None) -> int:
         optuna.logging.set_verbosity(verbosity)
     print(_summary(result, storage))
     summary: dict[str, Any] = {
-        "study": study_name, "storage": storage, "trials": len(result.study.trials),
-        "best_trial": result.best_trial, "best_value": result.best_value,
-        "objective": objective_name(args.task, epochs), "best": result.best.to_dict(),
+        "study": study_name,
+        "storage": storage,
+        "trials": len(result.study.trials),
+        "best_trial": result.best_trial,
+        "best_value": result.best_value,
+        "objective": objective_name(args.task, epochs),
+        "best": result.best.to_dict(),
     }
     if args.task == "digits":
         model = init_model(digits_mlp, args.seed)
         valid_loss = fit(model, result.best, train_data, valid_data, epochs=epochs, seed=args.seed)
         summary["retrained_valid_loss"] = valid_loss
         summary["test_accuracy"] = accuracy(model, test_data)
-        print(f"best configuration retrained: validation loss {valid_loss:.6g}, "
-              f"test accuracy {summary['test_accuracy']:.4f}")
+        print(
+            f"best configuration retrained: validation loss {valid_loss:.6g}, "
+            f"test accuracy {summary['test_accuracy']:.4f}"
+        )
     if args.json is not None:
         print(f"results written to {_common.write_json(args.json, summary)}")
     if not args.no_plot:

@@ -125,8 +125,10 @@ def format_results(results: dict[str, object]) -> str:
         f"median of {results['repeats']} interleaved epochs after {results['warmup']} warm-up",
         f"{'optimizer':<18} {'epoch ms':>10} {'last loss':>12}",
     ]
-    lines += [f"{name:<18} {1e3 * value:>10.1f} {results['final_loss'][name]:>12.6f}"
-              for name, value in epoch_seconds.items()]
+    lines += [
+        f"{name:<18} {1e3 * value:>10.1f} {results['final_loss'][name]:>12.6f}"
+        for name, value in epoch_seconds.items()
+    ]
     lines.append(f"ratio ours / torch default: {results['ratio_vs_torch_default']:.3f}")
     lines.append(f"ratio ours / torch fused:   {results['ratio_vs_torch_fused']:.3f}")
     return "\n".join(lines)

@@ -145,11 +145,15 @@ def sbm_graph(
             raise ValueError(f"{name} must be in [0, 1], got {p}")
     num_classes, num_nodes = len(block_sizes), sum(block_sizes)
     if not 1 <= train_per_class <= min(block_sizes):
-        raise ValueError(f"train_per_class must be in [1, {min(block_sizes)}] (the smallest "
-                         f"block), got {train_per_class}")
+        raise ValueError(
+            f"train_per_class must be in [1, {min(block_sizes)}] (the smallest "
+            f"block), got {train_per_class}"
+        )
     if not 0 <= num_val < num_nodes - train_per_class * num_classes:
-        raise ValueError(f"num_val must be in [0, {num_nodes - train_per_class * num_classes}) "
-                         f"so that some test nodes remain, got {num_val}")
+        raise ValueError(
+            f"num_val must be in [0, {num_nodes - train_per_class * num_classes}) "
+            f"so that some test nodes remain, got {num_val}"
+        )
     edge_probs = torch.full((num_classes, num_classes), p_out)
     edge_probs.fill_diagonal_(p_in)
     y = torch.repeat_interleave(torch.arange(num_classes), torch.tensor(list(block_sizes)))
@@ -157,8 +161,12 @@ def sbm_graph(
         edge_index = stochastic_blockmodel_graph(list(block_sizes), edge_probs)
         class_means = torch.randn(num_classes, num_features)
         x = signal * class_means[y] + torch.randn(num_nodes, num_features)
-        train = torch.cat([(y == c).nonzero().view(-1)[torch.randperm(size)[:train_per_class]]
-                           for c, size in enumerate(block_sizes)])
+        train = torch.cat(
+            [
+                (y == c).nonzero().view(-1)[torch.randperm(size)[:train_per_class]]
+                for c, size in enumerate(block_sizes)
+            ]
+        )
         rest = index_to_mask(train, size=num_nodes).logical_not().nonzero().view(-1)
         rest = rest[torch.randperm(rest.numel())]
     return Data(
@@ -219,35 +227,42 @@ def validate_graph(data: Data, task: str | None = None) -> None:  # noqa: C901 (
     _check_is_data(data)
     x = data.x
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
-        raise ValueError(f"data.x must be a 2-D float tensor [num_nodes, num_features], "
-                         f"got {_describe(x)}")
+        raise ValueError(
+            f"data.x must be a 2-D float tensor [num_nodes, num_features], got {_describe(x)}"
+        )
     num_nodes = x.size(0)
     if num_nodes == 0:
         raise ValueError("data.x has 0 rows: the graph needs at least one node")
     if x.size(1) == 0:
-        raise ValueError(f"data.x has 0 features per node (shape {list(x.shape)}); give each "
-                         "node at least one (a constant 1, or one-hot node ids)")
+        raise ValueError(
+            f"data.x has 0 features per node (shape {list(x.shape)}); give each "
+            "node at least one (a constant 1, or one-hot node ids)"
+        )
     for name in ("edge_index", "edge_weight", "y", *MASKS):
         value = getattr(data, name, None)
         if isinstance(value, torch.Tensor) and value.device != x.device:
-            raise ValueError(f"data.{name} is on {value.device} but data.x is on {x.device}; "
-                             "move the whole graph with data.to(device)")
+            raise ValueError(
+                f"data.{name} is on {value.device} but data.x is on {x.device}; "
+                "move the whole graph with data.to(device)"
+            )
     if not torch.isfinite(x).all():
         index, value = _first(x, ~torch.isfinite(x))
         raise ValueError(f"data.x must be finite, got {value} at index {index}")
 
     edge_index = data.edge_index
-    if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 \
-            or edge_index.size(0) != 2:
-        raise ValueError(f"data.edge_index must have shape [2, num_edges], got "
-                         f"{_describe(edge_index)}")
+    if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(
+            f"data.edge_index must have shape [2, num_edges], got {_describe(edge_index)}"
+        )
     if edge_index.dtype != torch.long:
         raise ValueError(f"data.edge_index must be int64 (torch.long), got {edge_index.dtype}")
     if edge_index.numel() > 0:
         low, high = int(edge_index.min()), int(edge_index.max())
         if low < 0 or high >= num_nodes:
-            raise ValueError(f"data.edge_index must lie in [0, {num_nodes}) (num_nodes = "
-                             f"data.x.size(0)), got values in [{low}, {high}]")
+            raise ValueError(
+                f"data.edge_index must lie in [0, {num_nodes}) (num_nodes = "
+                f"data.x.size(0)), got values in [{low}, {high}]"
+            )
 
     edge_weight = getattr(data, "edge_weight", None)
     if edge_weight is not None:
@@ -255,18 +270,24 @@ def validate_graph(data: Data, task: str | None = None) -> None:  # noqa: C901 (
 
     for name in MASKS:
         mask = getattr(data, name, None)
-        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
-                                 or tuple(mask.shape) != (num_nodes,)):
-            raise ValueError(f"data.{name} must be a bool tensor of shape [{num_nodes}], got "
-                             f"{_describe(mask)}")
+        if mask is not None and (
+            not isinstance(mask, torch.Tensor)
+            or mask.dtype != torch.bool
+            or tuple(mask.shape) != (num_nodes,)
+        ):
+            raise ValueError(
+                f"data.{name} must be a bool tensor of shape [{num_nodes}], got {_describe(mask)}"
+            )
     train_mask = getattr(data, "train_mask", None)
     if train_mask is not None and not train_mask.any():
         raise ValueError("data.train_mask selects no node; it needs at least one")
     held_out = [name for name in MASKS[1:] if getattr(data, name, None) is not None]
     if train_mask is None and held_out:
         # Without a train_mask the loop trains on every node, the held-out ones included.
-        raise ValueError(f"data has {' and '.join(held_out)} but no train_mask, so training "
-                         "would use the held-out nodes' labels; add a train_mask")
+        raise ValueError(
+            f"data has {' and '.join(held_out)} but no train_mask, so training "
+            "would use the held-out nodes' labels; add a train_mask"
+        )
 
     if task is None:
         return
@@ -279,26 +300,35 @@ def _check_is_data(data: object) -> None:
     """``TypeError`` unless ``data`` is a PyG ``Data`` (a dict of fields is a common slip)."""
     if not isinstance(data, Data):
         hint = "; build one with Data(**fields)" if isinstance(data, Mapping) else ""
-        raise TypeError(f"data must be a torch_geometric.data.Data, got "
-                        f"{type(data).__name__}{hint}")
+        raise TypeError(
+            f"data must be a torch_geometric.data.Data, got {type(data).__name__}{hint}"
+        )
 
 
 def _check_edge_weight(edge_weight: object, num_edges: int, dtype: torch.dtype) -> None:
     """One finite weight ``>= 0`` per edge, in the features' dtype."""
-    if not isinstance(edge_weight, torch.Tensor) or not edge_weight.is_floating_point() \
-            or tuple(edge_weight.shape) != (num_edges,):
-        raise ValueError(f"data.edge_weight must be a float tensor of shape [{num_edges}] (one "
-                         f"weight per edge), got {_describe(edge_weight)}")
+    if (
+        not isinstance(edge_weight, torch.Tensor)
+        or not edge_weight.is_floating_point()
+        or tuple(edge_weight.shape) != (num_edges,)
+    ):
+        raise ValueError(
+            f"data.edge_weight must be a float tensor of shape [{num_edges}] (one "
+            f"weight per edge), got {_describe(edge_weight)}"
+        )
     if edge_weight.dtype != dtype:
-        raise ValueError(f"data.edge_weight must have data.x's dtype {dtype}, got "
-                         f"{edge_weight.dtype}")
+        raise ValueError(
+            f"data.edge_weight must have data.x's dtype {dtype}, got {edge_weight.dtype}"
+        )
     if not torch.isfinite(edge_weight).all():
         index, value = _first(edge_weight, ~torch.isfinite(edge_weight))
         raise ValueError(f"data.edge_weight must be finite, got {value} at edge {index}")
     if (edge_weight < 0).any():
         index, value = _first(edge_weight, edge_weight < 0)
-        raise ValueError(f"data.edge_weight must be >= 0 (GCN normalises by deg^-1/2, NaN for "
-                         f"a negative degree), got {value} at edge {index}")
+        raise ValueError(
+            f"data.edge_weight must be >= 0 (GCN normalises by deg^-1/2, NaN for "
+            f"a negative degree), got {value} at edge {index}"
+        )
 
 
 def _check_targets(data: Data, task: str) -> None:
@@ -308,26 +338,32 @@ def _check_targets(data: Data, task: str) -> None:
     if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.size(0) != num_nodes:
         raise ValueError(f"data.y must have {num_nodes} rows (one per node), got {_describe(y)}")
     masks = [name for name in MASKS if getattr(data, name, None) is not None]
-    where = (f"the nodes of {' or '.join(masks)}" if masks
-             else "every node (the graph has no mask)")
+    where = f"the nodes of {' or '.join(masks)}" if masks else "every node (the graph has no mask)"
     labelled = labelled_nodes(data).view(-1, *[1] * (y.dim() - 1))
     if task == "classification":
         if y.dtype != torch.long or y.dim() != 1:
-            raise ValueError(f"data.y must be int64 class labels of shape [{num_nodes}] for "
-                             f"classification, got {_describe(y)}")
+            raise ValueError(
+                f"data.y must be int64 class labels of shape [{num_nodes}] for "
+                f"classification, got {_describe(y)}"
+            )
         if ((y < 0) & labelled).any():
             node, value = _first(y, (y < 0) & labelled)
-            raise ValueError(f"data.y class labels must be >= 0 on {where}, got {value} at node "
-                             f"{node} (an unlabelled node may carry any label outside every "
-                             "mask)")
+            raise ValueError(
+                f"data.y class labels must be >= 0 on {where}, got {value} at node "
+                f"{node} (an unlabelled node may carry any label outside every "
+                "mask)"
+            )
     else:
         if not y.is_floating_point() or y.dim() > 2:
-            raise ValueError(f"data.y must be a float tensor [{num_nodes}] or "
-                             f"[{num_nodes}, C] for regression, got {_describe(y)}")
+            raise ValueError(
+                f"data.y must be a float tensor [{num_nodes}] or "
+                f"[{num_nodes}, C] for regression, got {_describe(y)}"
+            )
         if (~torch.isfinite(y) & labelled).any():
             index, value = _first(y, ~torch.isfinite(y) & labelled)
-            raise ValueError(f"data.y must be finite on {where} for regression, got {value} at "
-                             f"index {index}")
+            raise ValueError(
+                f"data.y must be finite on {where} for regression, got {value} at index {index}"
+            )
 
 
 def _first(values: Tensor, bad: Tensor) -> tuple[int | list[int], float | int]:
@@ -350,15 +386,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-                         ) from error
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but torch.cuda.is_available() is False")
     return resolved
 
 
-def to_device(model: nn.Module, data: Data, device: str | torch.device = "auto"
-              ) -> tuple[nn.Module, Data]:
+def to_device(
+    model: nn.Module, data: Data, device: str | torch.device = "auto"
+) -> tuple[nn.Module, Data]:
     """Validate ``data`` and move ``model`` and ``data`` to ``device`` (in place); return both.
 
     Build the optimizer after this call: optimizer state created before (e.g. Adam's

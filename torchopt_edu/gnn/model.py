@@ -75,16 +75,19 @@ class GCN(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(hidden_channels, Sequence):
-            raise TypeError(f"hidden_channels must be a sequence of widths such as [64], got "
-                            f"{hidden_channels!r}")
+            raise TypeError(
+                f"hidden_channels must be a sequence of widths such as [64], got "
+                f"{hidden_channels!r}"
+            )
         widths = [in_channels, *hidden_channels, out_channels]
         if any(not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(f"channel sizes must be positive ints, got in_channels="
-                             f"{in_channels}, hidden_channels={list(hidden_channels)}, "
-                             f"out_channels={out_channels}")
+            raise ValueError(
+                f"channel sizes must be positive ints, got in_channels="
+                f"{in_channels}, hidden_channels={list(hidden_channels)}, "
+                f"out_channels={out_channels}"
+            )
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got "
-                             f"{activation!r}")
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if norm is not None and norm not in NORMS:
             raise ValueError(f"norm must be None or one of {sorted(NORMS)}, got {norm!r}")
         if not 0.0 <= dropout < 1.0:
@@ -96,10 +99,14 @@ class GCN(nn.Module):
         self.norms = nn.ModuleList(
             NORMS[norm](w_out) if norm else nn.Identity() for _, w_out in hidden
         )
-        self.skips = nn.ModuleList(
-            nn.Identity() if w_in == w_out else nn.Linear(w_in, w_out, bias=False)
-            for w_in, w_out in hidden
-        ) if residual else None
+        self.skips = (
+            nn.ModuleList(
+                nn.Identity() if w_in == w_out else nn.Linear(w_in, w_out, bias=False)
+                for w_in, w_out in hidden
+            )
+            if residual
+            else None
+        )
         self.activation = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout)
 
@@ -120,8 +127,7 @@ class GCN(nn.Module):
         self.clear_cache()
         return super()._apply(fn, recurse)
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None
-                ) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         """Node outputs ``[N, out_channels]`` from ``x [N, F]`` and ``edge_index [2, E]``."""
         *hidden_convs, last_conv = self.convs
         for layer, conv in enumerate(hidden_convs):
@@ -137,4 +143,3 @@ class GCN(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars, ``sum_p numel(p)`` over parameters with grad."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

@@ -35,8 +35,9 @@ def plot_histories(histories: Mapping[str, History], title: str = "") -> Figure:
         raise ImportError("plotting needs matplotlib: pip install torchopt-edu[viz]") from error
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=80)
     metric = _right_metric(next(iter(histories.values())))
-    labels = legend_labels({name: [*history.loss, *history.metrics[metric]]
-                            for name, history in histories.items()})
+    labels = legend_labels(
+        {name: [*history.loss, *history.metrics[metric]] for name, history in histories.items()}
+    )
     for index, (name, history) in enumerate(histories.items()):
         style = line_style(index, len(history.loss))
         ax_loss.plot(history.loss, label=labels[name], **style)

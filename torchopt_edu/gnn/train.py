@@ -113,8 +113,11 @@ def train_step(model: nn.Module, data: Data, optimizer: Optimizer, task: str) ->
 def node_splits(data: Data) -> dict[str, Tensor | slice]:
     """The node sets to evaluate: ``{"train": mask, "val": mask, "test": mask}`` for each mask
     that selects at least one node, or ``{"train": all nodes}`` when the graph has none."""
-    splits = {name.removesuffix("_mask"): getattr(data, name) for name in MASKS
-              if getattr(data, name, None) is not None and getattr(data, name).any()}
+    splits = {
+        name.removesuffix("_mask"): getattr(data, name)
+        for name in MASKS
+        if getattr(data, name, None) is not None and getattr(data, name).any()
+    }
     return splits or {"train": slice(None)}
 
 
@@ -245,7 +248,10 @@ def compare_optimizers(
         run_model = copy.deepcopy(model)
         with seeded(seed):
             histories[name] = train_node_model(
-                run_model, data, make_optimizer(run_model.parameters()), epochs=epochs,
+                run_model,
+                data,
+                make_optimizer(run_model.parameters()),
+                epochs=epochs,
                 **train_kwargs,
             )
     return histories
@@ -256,9 +262,14 @@ def format_table(histories: Mapping[str, History]) -> str:
     metric_names = list(dict.fromkeys(name for h in histories.values() for name in h.final))
     header = ["optimizer", "epochs", "best", "stop", *metric_names, "seconds"]
     rows = [
-        [name, str(h.epochs), str(h.best_epoch), h.stop_reason,
-         *(f"{h.final[m]:.4f}" if m in h.final else "-" for m in metric_names),
-         f"{h.seconds:.2f}"]
+        [
+            name,
+            str(h.epochs),
+            str(h.best_epoch),
+            h.stop_reason,
+            *(f"{h.final[m]:.4f}" if m in h.final else "-" for m in metric_names),
+            f"{h.seconds:.2f}",
+        ]
         for name, h in histories.items()
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -286,8 +297,9 @@ def _check_training_setup(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
-                        f"{type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
     if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
         raise ValueError("scheduler must be built on the optimizer passed to train_node_model")
     if not is_integer(epochs) or epochs < 1:
@@ -297,35 +309,46 @@ def _check_training_setup(
     model_params = {id(p) for p in model.parameters()}
     optimizer_params = [p for group in optimizer.param_groups for p in group["params"]]
     if not optimizer_params or any(id(p) not in model_params for p in optimizer_params):
-        raise ValueError("optimizer must hold parameters of this model (was it built on "
-                         "another copy, e.g. before copy.deepcopy(model)?)")
+        raise ValueError(
+            "optimizer must hold parameters of this model (was it built on "
+            "another copy, e.g. before copy.deepcopy(model)?)"
+        )
     devices = {p.device for p in model.parameters()}
     if devices != {data.x.device}:
-        raise ValueError(f"model parameters are on {sorted(map(str, devices))} but data.x is "
-                         f"on {data.x.device}; move both with to_device(model, data, device)")
+        raise ValueError(
+            f"model parameters are on {sorted(map(str, devices))} but data.x is "
+            f"on {data.x.device}; move both with to_device(model, data, device)"
+        )
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes and data.x.dtype not in dtypes:
-        raise ValueError(f"model parameters are {', '.join(sorted(map(str, dtypes)))} but data.x "
-                         f"is {data.x.dtype}; convert one to the other, e.g. "
-                         f"model.to(data.x.dtype)")
+        raise ValueError(
+            f"model parameters are {', '.join(sorted(map(str, dtypes)))} but data.x "
+            f"is {data.x.dtype}; convert one to the other, e.g. "
+            f"model.to(data.x.dtype)"
+        )
     try:
         out = _eval_forward(model, data)
     except (RuntimeError, IndexError) as error:  # torch's errors, from deep inside the model
         weight = ", edge_weight" if getattr(data, "edge_weight", None) is not None else ""
-        raise ValueError(f"model(x, edge_index{weight}) failed on this graph (x of shape "
-                         f"{list(data.x.shape)}): {error}; does the model take "
-                         f"{data.x.size(1)} input features?") from error
+        raise ValueError(
+            f"model(x, edge_index{weight}) failed on this graph (x of shape "
+            f"{list(data.x.shape)}): {error}; does the model take "
+            f"{data.x.size(1)} input features?"
+        ) from error
     num_nodes = data.num_nodes
     if out.dim() != 2 or out.size(0) != num_nodes:
         raise ValueError(f"model output must have shape [{num_nodes}, C], got {list(out.shape)}")
     if task == "classification":
         max_label = int(data.y[labelled_nodes(data)].max())  # other nodes' labels are unread
         if out.size(1) <= max_label:
-            raise ValueError(f"model outputs {out.size(1)} class scores but data.y has labels "
-                             f"up to {max_label}")
+            raise ValueError(
+                f"model outputs {out.size(1)} class scores but data.y has labels up to {max_label}"
+            )
     if task == "regression" and out.numel() != data.y.numel():
-        raise ValueError(f"model output of shape {list(out.shape)} does not match data.y of "
-                         f"shape {list(data.y.shape)}")
+        raise ValueError(
+            f"model output of shape {list(out.shape)} does not match data.y of "
+            f"shape {list(data.y.shape)}"
+        )
 
 
 @torch.no_grad()

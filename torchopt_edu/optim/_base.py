@@ -391,7 +391,14 @@ class EduOptimizer(Optimizer):
     def _plan(self, index: int, group: dict[str, Any]) -> _Plan:
         """Gather the group's parameters with gradients; raise if the step must be refused."""
         if self._flat:
-            self._flat_groups[index].check_in_buffer()
+            flat_group = self._flat_groups[index]
+            flat_group.check_in_buffer()
+            buffered = flat_group.buffered_grads()
+            if buffered is not None:  # dense gradients, all present: nothing else to refuse
+                self._check_grads(group, buffered[1])
+                if group.get("fused"):
+                    self._check_fusable(group)
+                return _Plan(group, *buffered)
         params = group["params"]
         grads = list(map(_GRAD, params))
         if any(map(operator.is_, grads, repeat(None))):  # C-level: this runs every step

@@ -128,13 +128,24 @@ class FlatGroup:
                 slabs.append(slab)
         return cls(slabs)
 
+    def buffered_grads(self) -> tuple[list[Tensor], list[Tensor]] | None:
+        """The parameters and their gradients, when every gradient is its view of the buffer.
+
+        ``None`` otherwise (a gradient was set to None, replaced, or never moved in).
+        """
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        for slab in self.slabs:
+            slab_grads = list(map(operator.attrgetter("grad"), slab.params))
+            if not all(map(operator.is_, slab_grads, slab.grad_views)):
+                return None
+            params += slab.params
+            grads += slab_grads
+        return params, grads
+
     def grads_in_buffer(self) -> bool:
         """Whether every parameter's gradient is its view of the gradient buffer."""
-        return all(
-            p.grad is view
-            for slab in self.slabs
-            for p, view in zip(slab.params, slab.grad_views, strict=True)
-        )
+        return self.buffered_grads() is not None
 
     def zero_grad_buffers(self) -> None:
         """Zero every gradient buffer in place."""

@@ -26,7 +26,13 @@ __all__ = ["Prodigy", "ProdigyHyper"]
 
 #: Options that define the one d estimate shared by every param group: all groups must agree.
 SHARED_OPTIONS = (
-    "betas", "beta3", "d0", "d_coef", "growth_rate", "use_bias_correction", "decouple"
+    "betas",
+    "beta3",
+    "d0",
+    "d_coef",
+    "growth_rate",
+    "use_bias_correction",
+    "decouple",
 )
 
 
@@ -349,8 +355,13 @@ def chunks(b: Bucket) -> list[Bucket]:
     if len(parts) == 1:
         return [b]
     return [
-        Bucket(params=b.params[part], grads=b.grads[part], states=b.states[part],
-               is_complex=b.is_complex, first_step=b.first_step)
+        Bucket(
+            params=b.params[part],
+            grads=b.grads[part],
+            states=b.states[part],
+            is_complex=b.is_complex,
+            first_step=b.first_step,
+        )
         for part in parts
     ]
 
@@ -383,14 +394,16 @@ def prodigy_statistics_foreach(b: Bucket, h: ProdigyHyper) -> tuple[float, float
     xs_parts = [_sliced(part.params, h.slice_p) for part in parts]
     # x0 - x goes to one scratch buffer that every slice reuses (no fresh memory per step)
     scratch = torch.empty(
-        max(sum(x.numel() for x in xs) for xs in xs_parts), dtype=b.params[0].dtype,
+        max(sum(x.numel() for x in xs) for xs in xs_parts),
+        dtype=b.params[0].dtype,
         device=b.device,
     )
     dots, norms = [], []
     for part, xs in zip(parts, xs_parts, strict=True):
         grads, ss = _sliced(part.grads, h.slice_p), part.state("s")
-        differences = list(torch.split(scratch[: sum(x.numel() for x in xs)],
-                                       [x.numel() for x in xs]))
+        differences = list(
+            torch.split(scratch[: sum(x.numel() for x in xs)], [x.numel() for x in xs])
+        )
         for g, p0, x, diff in zip(grads, part.state("p0"), xs, differences, strict=True):
             dots.append(torch.dot(g, torch.sub(p0, x, out=diff)))  # <g, x0 - x>
         torch._foreach_mul_(ss, h.beta3)

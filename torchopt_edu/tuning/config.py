@@ -28,7 +28,6 @@ CONSTANT_SCHEDULE = "constant"
 """The schedule name meaning "no schedule": the learning rate stays where the optimizer set it."""
 
 
-
 LR_FACTOR = "lr_factor"
 """Hyper-parameter of schedules with an ``lr_argument``: that argument is ``lr_factor * lr``."""
 
