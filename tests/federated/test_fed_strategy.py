@@ -25,7 +25,7 @@ from torchopt_edu.federated import (
     Simulation,
 )
 from torchopt_edu.lr_scheduler import StepDecay
-from torchopt_edu.optim import SGD, Adam
+from torchopt_edu.optim import OPTIMIZERS, SGD, Adam
 
 
 def _data(n=12, seed=0):
@@ -450,3 +450,22 @@ def test_errors_name_the_clients_by_their_ids_and_the_server_leaves_no_gradients
     ):
         other = _model(6)
         strategy.aggregate_fit(other, _results(other, _random_deltas(other, 1, 0), [1]))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_of_the_package_works_as_the_server_optimizer(name):
+    # FedOpt's promise: any of our optimizers steps on the pseudo-gradient. Its first step
+    # must descend along it (sign, Adam-like, orthogonalised and learned-rate steps all do).
+    lr = 1.0 if name == "prodigy" else 0.01
+    strategy = FedOpt(functools.partial(OPTIMIZERS[name], lr=lr))
+    model = _model(3)
+    start = {key: t.clone() for key, t in model.state_dict().items()}
+    deltas, weights = _random_deltas(model, 3, seed=30), [5, 2, 9]
+    strategy.aggregate_fit(model, _results(model, deltas, weights))
+    gradient = _pseudo_gradient(deltas, weights)
+    moved = {key: model.state_dict()[key] - start[key] for key in start}
+    assert sum(float((moved[k] * gradient[k]).sum()) for k in start) < 0
+    for round_ in range(2):  # and it keeps its state across rounds
+        deltas = _random_deltas(model, 3, seed=31 + round_)
+        strategy.aggregate_fit(model, _results(model, deltas, weights))
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())

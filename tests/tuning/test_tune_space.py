@@ -174,3 +174,12 @@ def test_schedule_registry_matches_the_scheduler_signatures():
         parameters = inspect.signature(schedule.scheduler.__init__).parameters
         for argument in (schedule.total_steps_argument, schedule.lr_argument):
             assert argument is None or argument in parameters, (name, argument)
+
+
+def test_every_optimizer_of_the_package_has_its_own_checked_default_space():
+    from torchopt_edu.optim import OPTIMIZERS
+    from torchopt_edu.tuning.space import DEFAULT_OPTIMIZER_SPACES
+
+    assert set(DEFAULT_OPTIMIZER_SPACES) == set(OPTIMIZERS)
+    space = SearchSpace(list(OPTIMIZERS))  # checks every argument against the constructor
+    assert set(space.optimizers) == set(OPTIMIZERS)

@@ -165,6 +165,41 @@ DEFAULT_OPTIMIZER_SPACES: dict[str, dict[str, Spec]] = {
         "weight_decay": LogUniform(1e-4, 1e-1),
     },
     "yogi": {"lr": LogUniform(1e-4, 1e-1), "betas": _BETAS, "weight_decay": _WEIGHT_DECAY},
+    # Lion's sign update has size lr per coordinate: 3-10x smaller rates than Adam's.
+    "lion": {
+        "lr": LogUniform(1e-5, 1e-2),
+        "betas": (Uniform(0.8, 0.95), Uniform(0.95, 0.999)),
+        "weight_decay": LogUniform(1e-4, 1.0),
+    },
+    # Schedule-Free replaces the schedule; its rates sit a little above the plain method's.
+    "sgdschedulefree": {
+        "lr": LogUniform(1e-3, 10.0),
+        "momentum": Uniform(0.5, 0.99),
+        "weight_decay": _WEIGHT_DECAY,
+    },
+    "adamwschedulefree": {
+        "lr": LogUniform(1e-4, 1e-1),
+        "betas": _BETAS,
+        "weight_decay": LogUniform(1e-4, 1e-1),
+    },
+    # Prodigy estimates the step size itself: lr is a multiplier around 1.
+    "prodigy": {"lr": LogUniform(0.1, 10.0), "weight_decay": _WEIGHT_DECAY},
+    # The hypergradient methods learn lr; the search sets where it starts and how fast it moves.
+    "sgdhd": {
+        "lr": LogUniform(1e-3, 1.0),
+        "hypergrad_lr": LogUniform(1e-7, 1e-3),
+        "weight_decay": _WEIGHT_DECAY,
+    },
+    "adamhd": {
+        "lr": LogUniform(1e-4, 1e-1),
+        "hypergrad_lr": LogUniform(1e-9, 1e-5),
+        "weight_decay": _WEIGHT_DECAY,
+    },
+    "muon": {
+        "lr": LogUniform(1e-4, 1e-1),
+        "momentum": Uniform(0.8, 0.99),
+        "weight_decay": LogUniform(1e-4, 1e-1),
+    },
 }
 """Default hyper-parameter space of each of our optimizers (``torchopt_edu.optim.OPTIMIZERS``)."""
 
