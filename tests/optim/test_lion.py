@@ -165,9 +165,9 @@ def test_cuda_matches_cpu():
 def test_the_fast_path_in_pieces_gives_the_loops_numbers(monkeypatch, options):
     """Pieces of 5 elements: whole small tensors gathered, large ones sliced, and a transposed
     (non-contiguous) parameter kept whole."""
-    from torchopt_edu.optim import lion
+    from torchopt_edu.optim import _base
 
-    monkeypatch.setattr(lion, "PIECE", 5)
+    monkeypatch.setattr(_base, "CACHE_SLICE", 5)
     generator = torch.Generator().manual_seed(0)
     shapes = [(2,), (3,), (4, 3), (1,), (13,), (6, 2)]
     reference = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]

@@ -302,13 +302,13 @@ def test_cuda_default_path_matches_the_cpu_loop(options):
 def test_slicing_a_bucket_into_chunks_changes_no_number(impl, monkeypatch):
     """The multi-tensor paths work through a bucket a few tensors at a time (here: chunks of
     at most 16 elements: the tensors of 12, 5, 12 and 1 elements make 3 chunks)."""
-    import torchopt_edu.optim.prodigy as prodigy_module
+    from torchopt_edu.optim import _base
 
     reference = _params_with_a_zero_tensor(torch.float64)
     candidate = clone_params(reference)
     theirs, ours = _theirs(reference, slice_p=2), Prodigy(candidate, slice_p=2, **IMPLS[impl])
-    monkeypatch.setattr(prodigy_module, "CHUNK_ELEMENTS", 16)
-    assert len(prodigy_module.chunks(_bucket_of(candidate))) == 3
+    monkeypatch.setattr(_base, "CACHE_SLICE", 16)
+    assert len(_bucket_of(candidate).chunks()) == 3
     for step in range(20):
         set_grads([reference, candidate], step)
         theirs.step()

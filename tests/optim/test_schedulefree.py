@@ -285,8 +285,8 @@ def test_cuda_default_path_matches_the_cpu_loop(name):
 
 @pytest.mark.parametrize(("name", "impl"), [("sgd", "foreach"), ("adamw", "fused")])
 def test_the_fast_paths_in_cache_sized_slices_change_no_number(name, impl, monkeypatch):
-    import torchopt_edu.optim.prodigy as prodigy_module
+    from torchopt_edu.optim import _base
 
-    monkeypatch.setattr(prodigy_module, "CHUNK_ELEMENTS", 16)  # 3 slices of make_params
+    monkeypatch.setattr(_base, "CACHE_SLICE", 16)  # 3 slices of make_params
     reference, candidate, *_ = _run_both(name, OPTIONS[name][1], impl, torch.float64, 30)
     assert_close_lists(candidate, reference, torch.float64)

@@ -127,7 +127,7 @@ def _check_param_state(
                 )
             # Most state has the parameter's shape; some (Prodigy's slices) has its own, and
             # keys in the optimizer's ``broadcast_state`` may also be a 0-d constant.
-            broadcast = key in getattr(optimizer, "broadcast_state", ()) and value.dim() == 0
+            broadcast = key in optimizer.broadcast_state and value.dim() == 0
             if value.shape != template.shape and not broadcast:
                 expected = "the parameter has" if template.shape == param.shape else "expected"
                 raise ValueError(

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchopt_edu.optim import _base
 from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, fused_supported
 from torchopt_edu.optim._checks import check_betas, check_lr, check_non_negative
 from torchopt_edu.optim._shared import decay_weights_, directed_grad, directed_grads
@@ -104,13 +105,14 @@ def lion_loop(b: Bucket, h: LionHyper) -> None:
 def lion_foreach(b: Bucket, h: LionHyper) -> None:
     """The same update as :func:`lion_loop` with one multi-tensor kernel per line, piece by piece.
 
-    Each piece of about ``PIECE`` elements goes through all four kernels before the next one
+    Each piece of about ``CACHE_SLICE`` elements goes through all four kernels before the next one
     starts: the later kernels then read the piece's momentum and gradient from the CPU cache,
     and the temporary ``signs`` reuses the memory the previous piece freed (a fresh allocation
     for the whole bucket costs a page fault per page on every step).
     """
     grads = directed_grads(b.grads, b.params, h.maximize, 0.0)
-    for params, grads_piece, exp_avgs in pieces([b.params, grads, b.state("exp_avg")], PIECE):
+    streams = [b.params, grads, b.state("exp_avg")]
+    for params, grads_piece, exp_avgs in pieces(streams, _base.CACHE_SLICE):
         signs = torch._foreach_lerp(exp_avgs, grads_piece, 1 - h.beta1)  # c
         torch._foreach_sign_(signs)
         if h.weight_decay != 0 and fused_supported(params[0]):
@@ -131,11 +133,6 @@ def lion_foreach(b: Bucket, h: LionHyper) -> None:
             decay_weights_(params, h.lr, h.weight_decay)
             torch._foreach_add_(params, signs, alpha=-h.lr)
         torch._foreach_lerp_(exp_avgs, grads_piece, 1 - h.beta2)
-
-
-#: Elements per piece of :func:`lion_foreach` (1 MiB per float32 tensor: the piece's four
-#: streams stay in a CPU's last-level cache).
-PIECE = 1 << 18
 
 
 def pieces(tensors: list[list[Tensor]], size: int) -> Iterator[list[list[Tensor]]]:

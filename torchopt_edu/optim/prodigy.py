@@ -241,8 +241,7 @@ class Prodigy(EduOptimizer):
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    broadcast_state = frozenset({"p0"})
-    """State keys that may be a 0-d tensor standing for a constant (checked on load)."""
+    broadcast_state = frozenset({"p0"})  # an all-zero parameter's start, as prodigyopt keeps it
 
     def _hyper(self, group: dict[str, Any]) -> ProdigyHyper:
         """The group's record, with d, dlr from the first group (the one estimate)."""
@@ -336,36 +335,6 @@ def _canonical(value: Any) -> Any:
 # implementations: the statistics for d (loop, foreach), then the updates (loop, foreach, fused)
 
 
-#: Elements per slice of a bucket in the multi-tensor paths (also Schedule-Free AdamW's fused
-#: path). The several passes of a step then run over one slice at a time, which stays in the
-#: CPU's cache between passes, and temporaries are slice-sized: on one core at 10M parameters
-#: in 200 tensors this made the step 1.3x (Schedule-Free AdamW) to 2x (Prodigy) faster.
-CHUNK_ELEMENTS = 1 << 18
-
-
-def chunks(b: Bucket) -> list[Bucket]:
-    """Consecutive sub-buckets of ``b``, each of whole tensors, about ``CHUNK_ELEMENTS`` in all."""
-    parts, start, total = [], 0, 0
-    for i, param in enumerate(b.params):
-        if i > start and total + param.numel() > CHUNK_ELEMENTS:
-            parts.append(slice(start, i))
-            start, total = i, 0
-        total += param.numel()
-    parts.append(slice(start, len(b.params)))
-    if len(parts) == 1:
-        return [b]
-    return [
-        Bucket(
-            params=b.params[part],
-            grads=b.grads[part],
-            states=b.states[part],
-            is_complex=b.is_complex,
-            first_step=b.first_step,
-        )
-        for part in parts
-    ]
-
-
 def _sliced(tensors: list[Tensor], slice_p: int) -> list[Tensor]:
     """Every ``slice_p``-th entry of each tensor, flattened (a view where possible)."""
     if slice_p == 1:
@@ -390,7 +359,7 @@ def prodigy_statistics_loop(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
 
 def prodigy_statistics_foreach(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
     """:func:`prodigy_statistics_loop` with multi-tensor kernels and one synchronisation."""
-    parts = chunks(b)
+    parts = b.chunks()
     xs_parts = [_sliced(part.params, h.slice_p) for part in parts]
     # x0 - x goes to one scratch buffer that every slice reuses (no fresh memory per step)
     scratch = torch.empty(
@@ -444,7 +413,7 @@ def prodigy_loop(b: Bucket, h: ProdigyHyper) -> None:
 
 def prodigy_foreach(b: Bucket, h: ProdigyHyper) -> None:
     """The same update as :func:`prodigy_loop` with one multi-tensor kernel per line."""
-    for part in chunks(b):
+    for part in b.chunks():
         prodigy_moments_foreach(part, h)
         denom = torch._foreach_sqrt(part.state("exp_avg_sq"))
         torch._foreach_add_(denom, h.d_next * h.eps)
@@ -460,7 +429,7 @@ def prodigy_fused(b: Bucket, h: ProdigyHyper) -> None:
     """Moments and step as torch's fused Adam on the gradient d g (class docstring)."""
     no_bias_correction = torch.full((), math.inf, device=b.device)
     kernel = torch._fused_adamw_ if h.decouple else torch._fused_adam_
-    for part in chunks(b):
+    for part in b.chunks():
         kernel(
             part.params,
             torch._foreach_mul(part.grads, h.d),

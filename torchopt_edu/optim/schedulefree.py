@@ -72,7 +72,6 @@ from torchopt_edu.optim._checks import (
     check_non_negative,
     check_number,
 )
-from torchopt_edu.optim.prodigy import chunks
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "SGDScheduleFreeHyper", "AdamWScheduleFreeHyper"]
 
@@ -308,7 +307,7 @@ class AdamWScheduleFree(_ScheduleFree):
     buffer serves as it, as in :class:`~torchopt_edu.optim.rmsprop.RMSprop`; the decay
     :math:`\lambda y_t = \lambda((1-\beta_1) z_t + \beta_1 x_t)` is the kernel's decoupled
     decay of :math:`z` plus one multi-tensor add). Three passes instead of ten, run over one
-    cache-sized slice of the tensors at a time (:func:`torchopt_edu.optim.prodigy.chunks`).
+    cache-sized slice of the tensors at a time (:meth:`~torchopt_edu.optim._base.Bucket.chunks`).
     """
 
     hyper = AdamWScheduleFreeHyper
@@ -398,7 +397,7 @@ def sgd_schedulefree_loop(b: Bucket, h: SGDScheduleFreeHyper) -> None:
 
 def sgd_schedulefree_foreach(b: Bucket, h: SGDScheduleFreeHyper) -> None:
     """The same update as :func:`sgd_schedulefree_loop` with one multi-tensor kernel per line."""
-    for part in chunks(b):  # the passes over one cache-sized slice at a time
+    for part in b.chunks():  # the passes over one cache-sized slice at a time
         zs, u = part.state("z"), part.grads
         if h.weight_decay != 0:
             u = torch._foreach_add(part.grads, part.params, alpha=h.weight_decay)
@@ -444,7 +443,7 @@ def adamw_schedulefree_fused(b: Bucket, h: AdamWScheduleFreeHyper) -> None:
     # step k + 1 gives the bias correction 1 - beta2^(k+1) (and 1 - 0^(k+1) = 1).
     step = torch.full((), h.k + 1, dtype=torch.float32, device=b.device)
     kernel = torch._fused_adamw_ if h.weight_decay != 0 else torch._fused_adam_
-    for part in chunks(b):  # the three passes over one cache-sized slice at a time
+    for part in b.chunks():  # the three passes over one cache-sized slice at a time
         zs = part.state("z")
         torch._foreach_lerp_(part.params, zs, 1 - 1 / h.beta1)  # y_t -> x_t
         kernel(
