@@ -242,6 +242,7 @@ class _Plan:
     group: dict[str, Any]
     params: list[Tensor]
     grads: list[Tensor]
+    grads_in_buffer: bool = False  # flat mode: every gradient already is its buffer view
 
 
 # ---------------------------------------------------------------------------------------
@@ -409,7 +410,7 @@ class EduOptimizer(Optimizer):
         for index, plan in enumerate(plans):
             if self._flat:
                 flat_group = self._flat_groups[index]
-                if flat_group.ready_for_fast_step(self, plan.group):
+                if flat_group.ready_for_fast_step(self, plan.group, plan.grads_in_buffer):
                     hyper = self._hyper(plan.group)
                     for bucket in flat_group.buckets():
                         self._run(plan.group, bucket, hyper)
@@ -428,7 +429,7 @@ class EduOptimizer(Optimizer):
                 self._check_grads(group, buffered[1])
                 if group.get("fused"):
                     self._check_fusable(group)
-                return _Plan(group, *buffered)
+                return _Plan(group, *buffered, grads_in_buffer=True)
         params = group["params"]
         grads = list(map(_GRAD, params))
         if any(map(operator.is_, grads, repeat(None))):  # C-level: this runs every step

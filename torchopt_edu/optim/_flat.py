@@ -164,12 +164,8 @@ class FlatGroup:
                     "by .to(), or .data reassigned); create the optimizer after moving the model"
                 )
 
-    def ready_for_fast_step(self, optimizer: EduOptimizer, group: dict[str, Any]) -> bool:
-        """Move gradients into the buffers; return False when the per-tensor path must run.
-
-        The fast path needs every parameter to have a dense gradient and every parameter's
-        state to have the same age (all created together, all stepped together).
-        """
+    def _move_grads_in(self) -> bool:
+        """Copy gradients that are not yet views into the buffer; False if one is missing."""
         for slab in self.slabs:
             grads = [p.grad for p in slab.params]
             if all(map(operator.is_, grads, slab.grad_views)):
@@ -181,6 +177,19 @@ class FlatGroup:
                     return False
                 view.copy_(grad)
                 p.grad = view
+        return True
+
+    def ready_for_fast_step(
+        self, optimizer: EduOptimizer, group: dict[str, Any], grads_in_buffer: bool
+    ) -> bool:
+        """Move gradients into the buffers; return False when the per-tensor path must run.
+
+        The fast path needs every parameter to have a dense gradient and every parameter's
+        state to have the same age (all created together, all stepped together).
+        ``grads_in_buffer`` says the caller has already seen every gradient in its view.
+        """
+        if not grads_in_buffer and not self._move_grads_in():
+            return False
         if all(slab.flat_state for slab in self.slabs):  # packed: every parameter has state
             first_step = False
         else:
