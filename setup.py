@@ -15,7 +15,12 @@ VERSION = re.search(
 REPOSITORY = "https://github.com/torchopt-edu/torchopt-edu"
 
 EXTRAS = {
-    "tune": ["optuna>=3.6"],
+    # cmaes and scipy: Optuna's CMA-ES and Gaussian-process samplers.
+    "tune": ["optuna>=3.6", "cmaes>=0.10", "scipy>=1.10"],
+    # A PostgreSQL driver for studies shared by workers on several machines.
+    "postgres": ["psycopg2-binary>=2.9"],
+    # Flower deployment and simulation of this package's strategies; Opacus's privacy accountant.
+    "fed": ["flwr>=1.20", "opacus>=1.5"],
     "viz": ["matplotlib>=3.6"],
     "data": ["scikit-learn>=1.2"],
 }
