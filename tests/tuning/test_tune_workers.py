@@ -1,4 +1,8 @@
-"""Two worker processes share one study through a SQLite file: every trial recorded exactly once."""
+"""Two worker processes share one study through a database: every trial recorded exactly once.
+
+A SQLite file (workers on one machine) and a PostgreSQL server (workers on several machines; the
+server is started by tests/_postgres.py).
+"""
 
 import multiprocessing
 from collections import Counter
@@ -26,8 +30,7 @@ def _worker(url: str, barrier: multiprocessing.Barrier) -> None:
     tune(train, space, n_trials=BUDGET, storage=url, study_name="shared", pruner="none", seed=0)
 
 
-def test_two_processes_share_the_budget_and_record_each_trial_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+def _two_workers_share_the_budget_and_record_each_trial_once(url: str) -> None:
     open_storage(url)  # create the tables once; the workers race only to create the study
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
@@ -50,3 +53,12 @@ def test_two_processes_share_the_budget_and_record_each_trial_once(tmp_path):
     assert sum(by_worker.values()) == len(trials)
     # One seed for both workers, yet no repeated draws: each trial is seeded by its number.
     assert len({t.params["sgd.lr"] for t in trials}) == len(trials)
+
+
+def test_two_processes_share_a_sqlite_study(tmp_path):
+    _two_workers_share_the_budget_and_record_each_trial_once(f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+def test_two_processes_share_a_postgresql_study(postgres_url):
+    assert postgres_url.startswith("postgresql")
+    _two_workers_share_the_budget_and_record_each_trial_once(postgres_url)
