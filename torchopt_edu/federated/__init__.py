@@ -28,8 +28,11 @@ from torchopt_edu.federated.aggregate import (
     scale_weights,
     weighted_sum,
 )
+from torchopt_edu.federated.attacks import ATTACKS, Attack
+from torchopt_edu.federated.checkpoint import CheckpointError
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining, make_clients
 from torchopt_edu.federated.data import MLP, load_digits_split
+from torchopt_edu.federated.faults import Faults
 from torchopt_edu.federated.partition import (
     PARTITIONS,
     dirichlet_partition,
@@ -41,7 +44,7 @@ from torchopt_edu.federated.partition import (
     shard_partition,
 )
 from torchopt_edu.federated.plot import plot_history
-from torchopt_edu.federated.simulation import Simulation, evaluate
+from torchopt_edu.federated.simulation import ClientError, Compressor, Simulation, evaluate
 from torchopt_edu.federated.strategy import (
     STRATEGIES,
     FedAdagrad,
@@ -51,7 +54,9 @@ from torchopt_edu.federated.strategy import (
     FedOpt,
     FedProx,
     FedYogi,
+    ServerStepError,
     Strategy,
+    StrategyWrapper,
 )
 
 __all__ = [
@@ -61,7 +66,13 @@ __all__ = [
     "fed_avg",
     "scale_weights",
     "weighted_sum",
+    "ATTACKS",
+    "Attack",
+    "CheckpointError",
     "Client",
+    "ClientError",
+    "Compressor",
+    "Faults",
     "ClientResult",
     "LocalTraining",
     "make_clients",
@@ -86,5 +97,7 @@ __all__ = [
     "FedOpt",
     "FedProx",
     "FedYogi",
+    "ServerStepError",
     "Strategy",
+    "StrategyWrapper",
 ]

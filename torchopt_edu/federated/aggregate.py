@@ -97,12 +97,24 @@ def _check_weights(weights: Sequence[float], clients: Sequence[object]) -> list[
     checked = []
     for client, weight in zip(clients, weights, strict=True):
         if isinstance(weight, Tensor):
+            if weight.numel() != 1:
+                raise TypeError(
+                    f"client {client}: weight must be a number, got a tensor of shape "
+                    f"{tuple(weight.shape)}"
+                )
             weight = weight.item()
         if not is_real(weight):
             raise TypeError(f"client {client}: weight must be a number, got {weight!r}")
-        if not (math.isfinite(weight) and weight >= 0):
+        try:
+            value = float(weight)
+        except OverflowError:  # an int beyond float64, such as 10**400
+            raise ValueError(
+                f"client {client}: weight must be finite and >= 0, got an integer of "
+                f"{len(str(abs(weight)))} digits, more than float64 holds"
+            ) from None
+        if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"client {client}: weight must be finite and >= 0, got {weight}")
-        checked.append(float(weight))
+        checked.append(value)
     return checked
 
 

@@ -48,6 +48,8 @@ class LocalTraining:
             ``"batch"`` (for per-step schedules such as warm-up cosine or one-cycle).
         proximal_mu: FedProx's ``mu`` (0 gives plain local SGD, as in FedAvg).
         loss_fn: ``(outputs, targets) -> scalar loss``; cross-entropy by default.
+        gradient_correction: one tensor per trainable parameter added to its gradient at
+            every local step (SCAFFOLD's ``c - c_k``), or ``None``.
     """
 
     optimizer: OptimizerFactory
@@ -57,6 +59,7 @@ class LocalTraining:
     scheduler_interval: Literal["epoch", "batch"] = "epoch"
     proximal_mu: float = 0.0
     loss_fn: LossFn = F.cross_entropy
+    gradient_correction: tuple[Tensor, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not callable(self.optimizer):
@@ -83,7 +86,9 @@ class ClientResult:
     """What a client sends back: its trained state dict, its weight ``n_k`` and metrics.
 
     ``metrics`` has ``"loss"`` (mean training loss over the local steps, without the proximal
-    term) and ``"train_time_s"`` (seconds spent in the client's own optimizer and training loop).
+    term), ``"train_time_s"`` (seconds spent in the client's own optimizer and training loop),
+    ``"steps"`` (local steps ``K``) and ``"lr_sum"`` (the sum of the first parameter group's
+    learning rate over those steps: ``K eta`` for a constant ``eta``; SCAFFOLD needs it).
     """
 
     client: int
@@ -138,10 +143,15 @@ class Client:
                 with torch.cuda.device(device):
                     torch.cuda.manual_seed(seed)
             start = time.perf_counter()
-            loss_sum, steps = self._train(model, params, global_params, train)
+            loss_sum, steps, lr_sum = self._train(model, params, global_params, train)
             train_time = time.perf_counter() - start
         state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        metrics = {"loss": loss_sum / steps, "train_time_s": train_time}
+        metrics = {
+            "loss": loss_sum / steps,
+            "train_time_s": train_time,
+            "steps": steps,
+            "lr_sum": lr_sum,
+        }
         return ClientResult(self.cid, state, self.num_samples, metrics)
 
     def _train(
@@ -150,10 +160,17 @@ class Client:
         params: list[Tensor],
         global_params: list[Tensor],
         train: LocalTraining,
-    ) -> tuple[float, int]:
+    ) -> tuple[float, int, float]:
         optimizer = train.optimizer(params)
         scheduler = train.scheduler(optimizer) if train.scheduler is not None else None
+        correction = train.gradient_correction
+        if correction is not None and len(correction) != len(params):
+            raise ValueError(
+                f"client {self.cid}: gradient_correction has {len(correction)} tensors for "
+                f"{len(params)} trainable parameters"
+            )
         losses = []
+        lr_sum = 0.0
         for _ in range(train.epochs):
             order = torch.randperm(self.num_samples, device=self.features.device)
             for batch in order.split(train.batch_size):
@@ -162,13 +179,16 @@ class Client:
                 loss.backward()
                 if train.proximal_mu > 0:
                     add_proximal_gradient(params, global_params, train.proximal_mu)
+                if correction is not None:
+                    torch._foreach_add_([p.grad for p in params], list(correction))
+                lr_sum += float(optimizer.param_groups[0]["lr"])
                 optimizer.step()
                 losses.append(loss.detach())
                 if scheduler is not None and train.scheduler_interval == "batch":
                     scheduler.step()
             if scheduler is not None and train.scheduler_interval == "epoch":
                 scheduler.step()
-        return float(torch.stack(losses).sum()), len(losses)
+        return float(torch.stack(losses).sum()), len(losses), lr_sum
 
 
 @torch.no_grad()

@@ -20,12 +20,16 @@ The simulation computes and returns the history; ``torchopt-edu federated`` save
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -34,9 +38,18 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from torchopt_edu.federated.aggregate import InvalidUpdateError, State, check_update
+from torchopt_edu.federated.attacks import Attack
+from torchopt_edu.federated.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    read_checkpoint,
+    save_checkpoint,
+)
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining, LossFn
-from torchopt_edu.federated.strategy import Strategy
-from torchopt_edu.optim._checks import is_integer, is_real
+from torchopt_edu.federated.faults import Faults, local_steps
+from torchopt_edu.federated.strategy import ServerStepError, Strategy
+from torchopt_edu.optim._checks import check_int, check_seed, is_integer, is_real
 
 Record = dict[str, Any]
 
@@ -94,6 +107,78 @@ def evaluate(
     return {"test_loss": loss_sum / len(labels), "test_accuracy": correct / len(labels)}
 
 
+class ClientError(RuntimeError):
+    """A client whose local training raised: names the client, the round and the error.
+
+    ``client``, ``round`` and ``problem`` (``"TypeName: message"`` of the original error) are
+    kept as fields; the original error is the ``__cause__`` when raised in-process.
+    """
+
+    def __init__(self, client: int, round_: int, problem: str) -> None:
+        super().__init__(f"client {client}: local training failed in round {round_}: {problem}")
+        self.client = client
+        self.round = round_
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type, tuple[int, int, str]]:
+        # picklable with its fields, so worker processes can pass it on
+        return type(self), (self.client, self.round, self.problem)
+
+
+class Compressor(Protocol):
+    """What :class:`Simulation` needs of an update compressor (e.g. top-k with error feedback).
+
+    ``compress(cid, update)`` gets client ``cid``'s update ``w_k - w^t`` (its floating-point
+    state-dict entries) and returns the update as the server decodes it and the number of
+    bytes sent; ``state_dict()``/``load_state_dict()`` carry its memory into checkpoints.
+    """
+
+    def compress(self, cid: int, update: dict[str, Tensor]) -> tuple[dict[str, Tensor], int]:
+        """Encode and decode ``update``; return ``(decoded update, bytes sent)``."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The compressor's memory (tensors, numbers)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s memory."""
+        ...
+
+
+#: client-thread heuristic: below this many multiply-adds per forward pass of a batch
+#: (parameters x batch size), a step's kernels are too short to pay for waking more threads
+SMALL_STEP = 2**23
+
+
+def default_client_threads(model: nn.Module, batch_size: int) -> int:
+    """Threads for local training: 1 for a small model (``parameters * batch_size`` below
+    :data:`SMALL_STEP`, as Flower's simulation does for every client), else torch's default."""
+    size = sum(p.numel() for p in model.parameters()) * batch_size
+    return 1 if size < SMALL_STEP else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def num_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``; restore the count after."""
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+
+
+def _float_keys(state: State) -> list[str]:
+    return [name for name, tensor in state.items() if tensor.is_floating_point()]
+
+
+def _nbytes(tensors: Iterable[Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 class Simulation:
     """Federated training of ``model`` by ``clients`` under ``strategy``, in one process.
 
@@ -101,19 +186,34 @@ class Simulation:
         model: the global model (on the device the clients' data lives on). It is updated in
             place; one working copy of it is made for the clients to train.
         clients: the population; see :func:`~torchopt_edu.federated.client.make_clients`.
-        strategy: e.g. :class:`~torchopt_edu.federated.strategy.FedAvg`, ``FedProx``, ``FedAdam``.
+        strategy: e.g. :class:`~torchopt_edu.federated.strategy.FedAvg`, ``FedProx``, ``FedAdam``,
+            a robust aggregator (:mod:`~torchopt_edu.federated.robust`) or ``Scaffold``.
         train: the clients' local training (optimizer factory, epochs, batch size, ...).
         test_set: ``(features, labels)`` to evaluate the global model on after every round.
         fraction: ``C``, the fraction of clients sampled per round, in ``(0, 1]``.
-        seed: fixes client sampling and local training.
+        seed: fixes client sampling, local training, attackers and faults.
         on_invalid: what to do with a malformed update (wrong keys, shapes or dtypes, NaN/inf;
             e.g. a client that diverged): ``"raise"`` an ``InvalidUpdateError`` before the
             global model is touched, or ``"skip"`` it with a warning and average the others.
+        on_client_error: a client whose training raises (bad labels, wrong feature count):
+            ``"raise"`` a :class:`ClientError` naming it, or ``"skip"`` it with a warning.
+        compressor: encodes each update ``w_k - w^t`` for the upload (:class:`Compressor`);
+            the server aggregates ``w^t + decoded update``. ``None``: sent as is.
+        attack: an :class:`~torchopt_edu.federated.attacks.Attack` by some of the clients.
+        faults: dropout, stragglers and the minimum of replies
+            (:class:`~torchopt_edu.federated.faults.Faults`); ``None``: none of them.
+        client_threads: torch threads while clients train; ``None`` picks them by model size
+            (:func:`default_client_threads`: 1 for small models).
+        checkpoint: a file to save the server state to every ``checkpoint_every`` rounds
+            (:meth:`save_checkpoint`); resume with :meth:`load_checkpoint`.
 
-    ``history`` holds one record per round: ``round``, ``clients`` (sampled), ``samples``
-    (accepted), ``rejected`` (client ids), ``train_loss``, ``client_time_s`` (summed over
-    clients), ``round_time_s`` (without evaluation), ``test_loss``, ``test_accuracy``,
-    ``eval_time_s``.
+    ``history`` holds one record per round: ``round``, ``clients`` (sampled), ``dropped`` and
+    ``late`` (client ids cut by the faults), ``failed`` (clients whose training raised),
+    ``rejected`` (malformed updates), ``replies`` (accepted updates), ``samples`` (theirs),
+    ``bytes_sent`` (their upload), ``skipped`` (why the round was skipped, or ``None``),
+    ``refused`` (why the server step was refused, or ``None``), ``train_loss``,
+    ``client_time_s`` (summed over clients), ``round_time_s`` (without evaluation),
+    ``test_loss``, ``test_accuracy``, ``eval_time_s``.
     """
 
     def __init__(
@@ -126,19 +226,34 @@ class Simulation:
         fraction: float = 0.1,
         seed: int = 0,
         on_invalid: Literal["raise", "skip"] = "raise",
+        *,
+        on_client_error: Literal["raise", "skip"] = "raise",
+        compressor: Compressor | None = None,
+        attack: Attack | None = None,
+        faults: Faults | None = None,
+        client_threads: int | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int = 1,
     ) -> None:
         if len(clients) == 0:
             raise ValueError("clients must not be empty")
         if not (is_real(fraction) and 0 < fraction <= 1):
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-        if on_invalid not in ("raise", "skip"):
-            raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+        for name, value in (("on_invalid", on_invalid), ("on_client_error", on_client_error)):
+            if value not in ("raise", "skip"):
+                raise ValueError(f"{name} must be 'raise' or 'skip', got {value!r}")
         for position, client in enumerate(clients):
             if client.cid != position:
                 raise ValueError(
                     f"client ids must be 0, 1, ..., K - 1 in order: clients[{position}].cid is "
                     f"{client.cid!r}"
                 )
+        if compressor is not None and not callable(getattr(compressor, "compress", None)):
+            raise TypeError(f"compressor must have a compress(cid, update) method: {compressor!r}")
+        if attack is not None and not isinstance(attack, Attack):
+            raise TypeError(f"attack must be an Attack, got {attack!r}")
+        if faults is not None and not isinstance(faults, Faults):
+            raise TypeError(f"faults must be a Faults, got {faults!r}")
         self.model = model
         self.worker = copy.deepcopy(model)
         self.clients = list(clients)
@@ -146,20 +261,37 @@ class Simulation:
         self.train = train
         self.test_set = test_set
         self.fraction = float(fraction)
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.on_invalid = on_invalid
+        self.on_client_error = on_client_error
+        self.compressor = compressor
+        self.attack = attack
+        self.faults = Faults() if faults is None else faults
+        self.client_threads = (
+            default_client_threads(model, train.batch_size)
+            if client_threads is None
+            else check_int("client_threads", client_threads, 1)
+        )
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+        self.attackers = frozenset() if attack is None else attack.attackers(len(clients), seed)
+        self._poisoned = {k: attack.poison_client(self.clients[k]) for k in self.attackers}
+        self._slowness = self.faults.slowness(len(clients), self.seed)
         self.history: list[Record] = []
 
     def run(
         self, rounds: int, progress: bool = True, log: Callable[[Record], None] | None = None
     ) -> list[Record]:
-        """Run ``rounds`` more rounds with a progress bar; call ``log(record)`` after each."""
+        """Run ``rounds`` more rounds with a progress bar; call ``log(record)`` after each, and
+        save a checkpoint every ``checkpoint_every`` rounds if ``checkpoint`` is set."""
         check_rounds(rounds)
         bar = tqdm(range(int(rounds)), desc="rounds", disable=not progress, leave=False)
         for _ in bar:
             record = self.run_round()
             if "test_accuracy" in record:
                 bar.set_postfix(acc=f"{record['test_accuracy']:.3f}")
+            if self.checkpoint is not None and record["round"] % self.checkpoint_every == 0:
+                self.save_checkpoint()
             if log is not None:
                 log(record)
         return self.history
@@ -170,13 +302,23 @@ class Simulation:
         start = time.perf_counter()
         sampled = sample_clients(len(self.clients), self.fraction, self.seed, round_)
         train = self.strategy.configure_fit(self.train)
-        global_state = self.model.state_dict()
-        results = [
-            self.clients[k].fit(self.worker, global_state, train, client_seed(self.seed, round_, k))
-            for k in self._own_share(sampled)
+        steps = [
+            local_steps(self.clients[k].num_samples, train.epochs, train.batch_size)
+            for k in sampled
         ]
-        record: Record = {"round": round_, "clients": len(sampled)}
-        record.update(self._aggregate(results, global_state))
+        replying, dropped, late = self.faults.split(
+            sampled, steps, self._slowness, self.seed, round_
+        )
+        global_state = self.model.state_dict()
+        with num_threads(self.client_threads):
+            results, failures = self._fit(self._own_share(replying), global_state, train, round_)
+        record: Record = {
+            "round": round_,
+            "clients": len(sampled),
+            "dropped": dropped,
+            "late": late,
+        }
+        record.update(self._aggregate(results, failures, global_state))
         record["round_time_s"] = time.perf_counter() - start
         if self.test_set is not None:
             start = time.perf_counter()
@@ -189,26 +331,152 @@ class Simulation:
         """The sampled clients this process trains (all of them here)."""
         return sampled
 
-    def _aggregate(self, results: list[ClientResult], global_state: State) -> Record:
-        """Screen the results, let the strategy update the global model, summarise the round."""
-        if self.on_invalid == "skip":
-            accepted, errors = screen(results, global_state)
-            self._handle_invalid(errors)
-        else:  # the strategy checks every update itself and raises before the model changes
-            accepted, errors = results, []
-        if accepted:
-            self.strategy.aggregate_fit(self.model, accepted)
-        samples = sum(r.num_samples for r in accepted)
-        loss_sum = sum(r.num_samples * r.metrics["loss"] for r in accepted)
-        return round_summary(
-            samples, loss_sum, sum(r.metrics["train_time_s"] for r in results), errors
-        )
+    def _fit(
+        self, share: list[int], global_state: State, train: LocalTraining, round_: int
+    ) -> tuple[list[ClientResult], list[ClientError]]:
+        """Train the clients of ``share``; an attacker's result is poisoned, a client that
+        raises becomes a :class:`ClientError`."""
+        results, failures = [], []
+        for k in share:
+            client = self._poisoned.get(k, self.clients[k])
+            local = self.strategy.configure_client(k, train)
+            seed = client_seed(self.seed, round_, k)
+            try:
+                result = client.fit(self.worker, global_state, local, seed)
+            except Exception as error:  # any error of the client's own code or data
+                failure = ClientError(k, round_, f"{type(error).__name__}: {error}")
+                failure.__cause__ = error
+                failures.append(failure)
+                continue
+            if k in self.attackers and self.attack is not None:
+                update = {n: result.state[n] - global_state[n] for n in _float_keys(global_state)}
+                generator = torch.Generator().manual_seed(seed + 1)
+                poisoned = self.attack.poison_update(update, generator)
+                for name, u in poisoned.items():
+                    result.state[name] = global_state[name] + u
+            results.append(result)
+        return results, failures
 
-    def _handle_invalid(self, errors: Sequence[InvalidUpdateError]) -> None:
-        if errors and self.on_invalid == "raise":
+    def _aggregate(
+        self, results: list[ClientResult], failures: list[ClientError], global_state: State
+    ) -> Record:
+        """Screen the results, upload them, let the strategy update the global model."""
+        self._handle_errors(failures, self.on_client_error, "failed client")
+        accepted, errors = screen(results, global_state)
+        self._handle_errors(errors, self.on_invalid, "rejected update")
+        uploads, sent = self._upload(accepted, global_state)
+        samples = sum(r.num_samples for r in uploads)
+        loss_sum = sum(r.num_samples * r.metrics["loss"] for r in uploads)
+        client_time = sum(r.metrics["train_time_s"] for r in results)
+        record = round_summary(samples, loss_sum, client_time, errors)
+        record.update(failed=sorted(f.client for f in failures), bytes_sent=sent)
+        record.update(self._server_step(len(uploads), lambda: self._step(uploads)))
+        return record
+
+    def _step(self, uploads: list[ClientResult]) -> None:
+        self.strategy.aggregate_fit(self.model, uploads)
+
+    def _upload(
+        self, accepted: list[ClientResult], global_state: State
+    ) -> tuple[list[ClientResult], int]:
+        """The results as the server receives them and the bytes sent: the compressor's
+        decoded update added to the global model, or the states as they are (their size)."""
+        if self.compressor is None:
+            return accepted, sum(_nbytes(r.state.values()) for r in accepted)
+        uploads, sent = [], 0
+        floats = _float_keys(global_state)
+        for result in accepted:
+            update = {name: result.state[name] - global_state[name] for name in floats}
+            decoded, nbytes = self.compressor.compress(result.client, update)
+            state = dict(result.state)
+            for name in floats:
+                state[name] = global_state[name] + decoded[name]
+            others = [t for name, t in state.items() if name not in decoded]
+            sent += int(nbytes) + _nbytes(others)
+            uploads.append(dataclasses.replace(result, state=state))
+        return uploads, sent
+
+    def _server_step(self, replies: int, step: Callable[[], None]) -> Record:
+        """Run ``step`` unless fewer than ``min_replies`` arrived; record a skip or refusal."""
+        outcome: Record = {"replies": replies, "skipped": None, "refused": None}
+        if replies < self.faults.min_replies:
+            outcome["skipped"] = (
+                f"{replies} replies, fewer than min_replies={self.faults.min_replies}"
+            )
+            warnings.warn(f"round skipped: {outcome['skipped']}", RuntimeWarning, stacklevel=4)
+            return outcome
+        try:
+            step()
+        except ServerStepError as error:
+            outcome["refused"] = str(error)
+            warnings.warn(str(error), RuntimeWarning, stacklevel=4)
+        return outcome
+
+    def _handle_errors(self, errors: Sequence[Exception], mode: str, what: str) -> None:
+        if errors and mode == "raise":
             raise errors[0]
         for error in errors:
-            warnings.warn(f"rejected update: {error}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"{what}: {error}", RuntimeWarning, stacklevel=4)
+
+    def _run_identity(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "num_clients": len(self.clients),
+            "fraction": self.fraction,
+            "strategy": type(self.strategy).__name__,
+        }
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The server state a checkpoint holds (see :mod:`~torchopt_edu.federated.checkpoint`)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "run": self._run_identity(),
+            "round": len(self.history),
+            "model": self.model.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "compressor": None if self.compressor is None else self.compressor.state_dict(),
+            "history": self.history,
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Save the server state to ``path`` (default: ``checkpoint``) atomically."""
+        return save_checkpoint(self.checkpoint_state(), self._checkpoint_path(path))
+
+    def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> int:
+        """Restore the server state from ``path`` (default: ``checkpoint``); return its round.
+
+        The checkpoint is validated first (this run's seed, clients, fraction and strategy; the
+        model's keys, shapes and dtypes: :func:`~.checkpoint.read_checkpoint`);
+        a bad one raises :class:`~torchopt_edu.federated.checkpoint.CheckpointError` and the
+        simulation is left as it was.
+        """
+        path = self._checkpoint_path(path)
+        state = read_checkpoint(path, self._run_identity(), self.model.state_dict())
+        if (state["compressor"] is None) != (self.compressor is None):
+            raise CheckpointError(
+                f"{path}: saved {'without' if state['compressor'] is None else 'with'} a "
+                "compressor, but this run has "
+                f"{'none' if self.compressor is None else 'one'}"
+            )
+        before = copy.deepcopy(self.strategy.state_dict())
+        try:
+            self.strategy.load_state_dict(state["strategy"], self.model)
+            if self.compressor is not None:
+                self.compressor.load_state_dict(state["compressor"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+            self.strategy.load_state_dict(before, self.model)
+            raise CheckpointError(f"{path}: the server state does not fit: {error}") from error
+        self.model.load_state_dict(state["model"])
+        self.history = list(state["history"])
+        return len(self.history)
+
+    def _checkpoint_path(self, path: str | os.PathLike[str] | None) -> Path:
+        if path is not None:
+            return Path(path)
+        if self.checkpoint is None:
+            raise ValueError("no checkpoint path: pass one or set Simulation(checkpoint=...)")
+        return self.checkpoint
 
 
 def round_summary(

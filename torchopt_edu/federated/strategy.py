@@ -16,6 +16,14 @@ applies the average to the global model (:meth:`Strategy.apply`):
   server optimizer lives as long as the strategy, so its state (momentum, second moments)
   carries over from round to round. Buffers (BatchNorm statistics) take the plain average.
 
+Every server step is checked before its result becomes the global model: a step that would
+make a value NaN or infinite (finite client updates can still overflow a server optimizer)
+raises :class:`ServerStepError` and leaves the model and the server optimizer's state
+bit-identical; the simulation records such a round as refused.
+
+Strategies that wrap another one (:class:`StrategyWrapper`: update clipping, differential
+privacy) change the results and hand them on to the inner strategy's ``aggregate_fit``.
+
 Default server learning rates are those that work for the digits MLP of this package
 (``betas = (0.9, 0.99)``, ``tau = 1e-3`` as in Reddi et al.); like the client learning rate,
 they are worth tuning per task (Reddi et al. tune both on a grid).
@@ -28,15 +36,17 @@ Yogi also start their accumulator at ``tau^2``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from torchopt_edu.federated.aggregate import average, weighted_sum
+from torchopt_edu.federated.aggregate import State, average, weighted_sum
 from torchopt_edu.federated.client import ClientResult, LocalTraining
 from torchopt_edu.optim import SGD, Adagrad, Adam, Yogi
 from torchopt_edu.optim._checks import check_number
@@ -44,17 +54,61 @@ from torchopt_edu.optim._checks import check_number
 ServerOptimizerFactory = Callable[[Iterable[Tensor]], Optimizer]
 
 
+class ServerStepError(ValueError):
+    """A server step refused because its result is not finite; nothing was changed."""
+
+
+def check_server_result(state: State, what: str) -> None:
+    """Raise :class:`ServerStepError` if a floating-point tensor of ``state`` has a NaN/inf.
+
+    ``what`` names the step in the message (``"FedAvgM's server step"``).
+    """
+    for name, tensor in state.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+            torch.isfinite(tensor).all()
+        ):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ServerStepError(
+                f"{what} refused: it would make {bad} of {tensor.numel()} values of tensor "
+                f"{name!r} NaN or infinite; the global model and the server state are unchanged"
+            )
+
+
 class Strategy:
     """Base class: configure the clients, aggregate their results, update the global model.
 
     Subclasses implement :meth:`apply`; a strategy with another aggregation rule (a robust
     median, say) overrides :meth:`aggregate_fit`, and must then check every result itself
-    (:func:`~torchopt_edu.federated.aggregate.check_update`) before it changes the model.
+    (:func:`~torchopt_edu.federated.aggregate.check_update`) before it changes the model, and
+    set ``aggregates_by_mean = False`` (the distributed backend then gathers the results
+    instead of adding partial weighted sums). A strategy with state across rounds (a server
+    optimizer, control variates) returns it from :meth:`state_dict` for checkpoints.
     """
+
+    #: whether :meth:`aggregate_fit` is ``apply(model, weighted mean of the results)``
+    aggregates_by_mean: ClassVar[bool] = True
 
     def configure_fit(self, train: LocalTraining) -> LocalTraining:
         """The local training the sampled clients run this round (unchanged by default)."""
         return train
+
+    def configure_client(self, cid: int, train: LocalTraining) -> LocalTraining:
+        """Client ``cid``'s local training this round, given :meth:`configure_fit`'s (unchanged
+        by default; SCAFFOLD adds the client's control-variate correction)."""
+        return train
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy carries from round to round (tensors, numbers, ``None``); empty
+        for stateless strategies. Loaded by :meth:`load_state_dict`."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any], model: nn.Module) -> None:
+        """Restore :meth:`state_dict`'s ``state`` for the global ``model``; ``ValueError`` if
+        it does not fit (and then nothing is changed)."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} keeps no state, got a state with keys {sorted(state)}"
+            )
 
     def aggregate_fit(self, model: nn.Module, results: Sequence[ClientResult]) -> None:
         """Average the results weighted by sample count and :meth:`apply` the average.
@@ -85,7 +139,9 @@ class FedAvg(Strategy):
     """
 
     def apply(self, model: nn.Module, averaged: Mapping[str, Tensor]) -> None:
-        """Load the average into ``model``."""
+        """Load the average into ``model`` (refused if a value is not finite: a float64 mean
+        can overflow the model's dtype)."""
+        check_server_result(averaged, f"{type(self).__name__}'s server step")
         model.load_state_dict(averaged)
 
     def __repr__(self) -> str:
@@ -123,6 +179,8 @@ class FedOpt(Strategy):
 
     Each round: ``p.grad = p - averaged[name]`` for every trainable parameter, one
     ``optimizer.step()``, grads cleared; every other state-dict entry is set to the average.
+    A step whose result is not finite is undone (parameters and optimizer state restored to
+    the bit) and raises :class:`ServerStepError`.
 
     Reference: Reddi et al. 2021, "Adaptive Federated Optimization" (ICLR), Algorithm 2.
     """
@@ -138,7 +196,8 @@ class FedOpt(Strategy):
     def apply(self, model: nn.Module, averaged: Mapping[str, Tensor]) -> None:
         """One server-optimizer step on the pseudo-gradient; buffers take the average."""
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-        if self.optimizer is None:
+        created = self.optimizer is None
+        if created:
             self.optimizer = self.server_optimizer([p for _, p in trainable])
         bound = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         if bound != {id(p) for _, p in trainable}:
@@ -146,16 +205,47 @@ class FedOpt(Strategy):
                 f"{type(self).__name__}'s server optimizer holds the parameters of the model of "
                 "its first round; use a new strategy for another model"
             )
+        check_server_result(averaged, f"{type(self).__name__}'s average")
+        before = [p.detach().clone() for _, p in trainable]
+        optimizer_before = copy.deepcopy(self.optimizer.state_dict())
         with torch.no_grad():
             for name, p in trainable:
                 p.grad = p - averaged[name]  # pseudo-gradient Delta
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        try:
+            check_server_result(dict(trainable), f"{type(self).__name__}'s server step")
+        except ServerStepError:
+            with torch.no_grad():
+                for (_, p), saved in zip(trainable, before, strict=True):
+                    p.copy_(saved)
+            if created:
+                self.optimizer = None
+            else:
+                self.optimizer.load_state_dict(optimizer_before)
+            raise
         parameter_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
         with torch.no_grad():
             for name, tensor in model.state_dict().items():
                 if name not in parameter_names:
                     tensor.copy_(averaged[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"optimizer": the server optimizer's state_dict()}`` (``None`` before round 1)."""
+        return {"optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any], model: nn.Module) -> None:
+        """Restore the server optimizer (built on ``model``'s trainable parameters)."""
+        if set(state) != {"optimizer"}:
+            raise ValueError(
+                f"{type(self).__name__} state needs key 'optimizer', got {sorted(state)}"
+            )
+        if state["optimizer"] is None:
+            self.optimizer = None
+            return
+        optimizer = self.server_optimizer([p for p in model.parameters() if p.requires_grad])
+        optimizer.load_state_dict(state["optimizer"])  # raises before changing anything
+        self.optimizer = optimizer
 
     def __repr__(self) -> str:
         factory = self.server_optimizer
@@ -218,6 +308,50 @@ class FedYogi(FedOpt):
         super().__init__(
             functools.partial(Yogi, lr=lr, betas=betas, eps=tau, initial_accumulator_value=tau**2)
         )
+
+
+class StrategyWrapper(Strategy):
+    """A strategy that changes the clients' results and hands them to another ``strategy``.
+
+    Subclasses override :meth:`aggregate_fit` (and call ``self.strategy.aggregate_fit``); the
+    rest (local training, server step, state) is the inner strategy's. The state dict nests
+    the inner one's under ``"strategy"``.
+    """
+
+    aggregates_by_mean: ClassVar[bool] = False
+
+    def __init__(self, strategy: Strategy) -> None:
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be a Strategy, got {strategy!r}")
+        self.strategy = strategy
+
+    def configure_fit(self, train: LocalTraining) -> LocalTraining:
+        """The inner strategy's local training."""
+        return self.strategy.configure_fit(train)
+
+    def configure_client(self, cid: int, train: LocalTraining) -> LocalTraining:
+        """The inner strategy's per-client training."""
+        return self.strategy.configure_client(cid, train)
+
+    def aggregate_fit(self, model: nn.Module, results: Sequence[ClientResult]) -> None:
+        """The inner strategy's aggregation of ``results`` (override to change them first)."""
+        self.strategy.aggregate_fit(model, results)
+
+    def apply(self, model: nn.Module, averaged: Mapping[str, Tensor]) -> None:
+        """The inner strategy's server step."""
+        self.strategy.apply(model, averaged)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"strategy": the inner strategy's state}``."""
+        return {"strategy": self.strategy.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any], model: nn.Module) -> None:
+        """Restore the inner strategy's state."""
+        if set(state) != {"strategy"}:
+            raise ValueError(
+                f"{type(self).__name__} state needs key 'strategy', got {sorted(state)}"
+            )
+        self.strategy.load_state_dict(state["strategy"], model)
 
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
