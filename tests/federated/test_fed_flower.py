@@ -1,0 +1,159 @@
+"""Flower interop: the package's experiment on Flower's simulation engine and on a real
+deployment (a SuperLink and two SuperNodes as separate processes) gives Simulation's model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("flwr", reason="Flower is an optional extra: pip install torchopt-edu[fed]")
+pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
+
+from torchopt_edu.federated import Simulation  # noqa: E402
+from torchopt_edu.federated.flower import (  # noqa: E402
+    Experiment,
+    digits_experiment,
+    run_flower_simulation,
+)
+
+APP = Path(__file__).parent / "flower_app"
+BIN = Path(sys.executable).parent
+
+
+def simulate(config: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """The built-in simulation of ``digits_experiment(config)``."""
+    experiment = digits_experiment(config)
+    simulation = Simulation(
+        experiment.model,
+        experiment.clients,
+        experiment.strategy,
+        experiment.train,
+        experiment.test_set,
+        fraction=experiment.fraction,
+        seed=experiment.seed,
+    )
+    history = simulation.run(experiment.rounds, progress=False)
+    return experiment.model.state_dict(), history
+
+
+def assert_same_model(flower: dict[str, torch.Tensor], built_in: dict[str, torch.Tensor]) -> None:
+    assert flower.keys() == built_in.keys()
+    for name, tensor in built_in.items():
+        assert torch.equal(flower[name], tensor), name
+
+
+def test_experiment_checks_its_arguments():
+    experiment = digits_experiment({"num-clients": 2})
+    with pytest.raises(ValueError, match="fraction must be in"):
+        Experiment(experiment.model, experiment.clients, experiment.strategy, experiment.train,
+                   fraction=1.5)  # fmt: skip
+    with pytest.raises(ValueError, match="rounds must be an integer"):
+        Experiment(experiment.model, experiment.clients, experiment.strategy, experiment.train,
+                   rounds=0)  # fmt: skip
+
+
+def test_flower_simulation_gives_the_built_in_model():
+    pytest.importorskip("ray", reason="Flower's simulation engine needs flwr[simulation] (Ray)")
+    # half of the clients per round: the server asks the nodes their partitions (query
+    # messages) and samples the clients the built-in simulation samples; FedAdam's server
+    # optimizer runs on the Flower server
+    config = {"num-clients": 4, "fraction": 0.5, "rounds": 2, "strategy": "fedadam",
+              "batch-size": 32, "alpha": 0.5}  # fmt: skip
+    model, history = run_flower_simulation(lambda run_config: digits_experiment(config))
+    expected_state, expected_history = simulate(config)
+    assert_same_model(model.state_dict(), expected_state)
+    assert [r["test_accuracy"] for r in history] == [r["test_accuracy"] for r in expected_history]
+    assert [r["clients"] for r in history] == [2, 2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group, then reap them (so their helpers see their parent gone)."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_flower_deployment_gives_the_built_in_model(tmp_path):
+    """A SuperLink and two SuperNodes, each its own process as users deploy them (insecure, on
+    localhost), run the Flower App in tests/federated/flower_app with ``flwr run``."""
+    home = tmp_path / "flwr"
+    home.mkdir()
+    link_port = free_port()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local-deployment"\n\n[superlink.local-deployment]\n'
+        f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
+    )
+    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    processes = []
+    try:
+        processes.append(
+            start("superlink", "flower-superlink", "--insecure", "--port", str(link_port),
+                  "--database", ":flwr-in-memory:", "--disable-runtime-dependency-installation")
+        )  # fmt: skip
+        wait_for_port(link_port, processes[0])
+        for cid in range(2):
+            processes.append(
+                start(f"supernode{cid}", "flower-supernode", "--insecure", "--superlink",
+                      f"127.0.0.1:{link_port}", "--port", str(free_port()), "--node-config",
+                      f"partition-id={cid} num-partitions=2")
+            )  # fmt: skip
+        config = {"num-clients": 2, "rounds": 2, "strategy": "fedadam", "batch-size": 32,
+                  "fraction": 1.0, "seed": 0}  # fmt: skip
+        out = tmp_path / "result.pt"
+        overrides = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                             for k, v in config.items())  # fmt: skip
+        run = subprocess.run(
+            [str(BIN / "flwr"), "run", str(APP), "local-deployment", "--stream",
+             "--run-config", f'{overrides} out="{out}"'],
+            env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert out.exists(), run.stdout + run.stderr
+    finally:
+        stop(processes)
+    saved = torch.load(out, weights_only=True)
+    expected_state, expected_history = simulate(config)
+    assert_same_model(saved["model"], expected_state)
+    assert [r["test_accuracy"] for r in saved["history"]] == [
+        r["test_accuracy"] for r in expected_history
+    ]
