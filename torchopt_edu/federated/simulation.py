@@ -373,8 +373,8 @@ class Simulation:
         record.update(self._server_step(len(uploads), lambda: self._step(uploads)))
         return record
 
-    def _step(self, uploads: list[ClientResult]) -> None:
-        self.strategy.aggregate_fit(self.model, uploads)
+    def _step(self, uploads: list[ClientResult]) -> Record | None:
+        return self.strategy.aggregate_fit(self.model, uploads)  # a strategy's round metrics
 
     def _upload(
         self, accepted: list[ClientResult], global_state: State
@@ -396,7 +396,7 @@ class Simulation:
             uploads.append(dataclasses.replace(result, state=state))
         return uploads, sent
 
-    def _server_step(self, replies: int, step: Callable[[], None]) -> Record:
+    def _server_step(self, replies: int, step: Callable[[], Record | None]) -> Record:
         """Run ``step`` unless fewer than ``min_replies`` arrived; record a skip or refusal."""
         outcome: Record = {"replies": replies, "skipped": None, "refused": None}
         if replies < self.faults.min_replies:
@@ -406,10 +406,12 @@ class Simulation:
             warnings.warn(f"round skipped: {outcome['skipped']}", RuntimeWarning, stacklevel=4)
             return outcome
         try:
-            step()
+            metrics = step()
         except ServerStepError as error:
             outcome["refused"] = str(error)
             warnings.warn(str(error), RuntimeWarning, stacklevel=4)
+        else:
+            outcome.update(metrics or {})  # e.g. DPFedAvg's epsilon
         return outcome
 
     def _handle_errors(self, errors: Sequence[Exception], mode: str, what: str) -> None:
