@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gnn": ("torchopt_edu.cli.gnn", "train a GCN on a graph with several optimizers"),
     "federated": ("torchopt_edu.cli.federated", "simulate federated learning on digits"),
     "tune": ("torchopt_edu.cli.tune", "Optuna search over optimizers and hyper-parameters"),
+    "benchmark": ("torchopt_edu.cli.benchmark", "which optimizer reaches a target first"),
     "bench-e2e": (
         "torchopt_edu.cli.bench_e2e",
         "whole training steps (forward, backward, AdamW) against torch.optim",
