@@ -50,6 +50,7 @@ from torchopt_edu.federated.data import MLP, load_digits_split
 from torchopt_edu.federated.partition import dirichlet_partition, iid_partition
 from torchopt_edu.federated.simulation import (
     Record,
+    Simulation,
     check_rounds,
     client_seed,
     evaluate,
@@ -342,8 +343,19 @@ def server_app(
 
 
 def client_app(build: ExperimentBuilder) -> ClientApp:
-    """A Flower ``ClientApp`` that trains the node's client of ``build(run_config)``."""
+    """A Flower ``ClientApp`` that trains the node's client of ``build(run_config)``.
+
+    The experiment is built once per process and run configuration (a ``ClientApp`` process
+    or Ray actor serves many messages), not once per message.
+    """
     app = ClientApp()
+    built: dict[tuple[tuple[str, Any], ...], Experiment] = {}
+
+    def experiment_of(context: Context) -> Experiment:
+        key = tuple(sorted(context.run_config.items()))
+        if key not in built:
+            built[key] = build(dict(context.run_config))
+        return built[key]
 
     @app.query()
     def query(message: Message, context: Context) -> Message:
@@ -351,7 +363,7 @@ def client_app(build: ExperimentBuilder) -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        experiment = build(dict(context.run_config))
+        experiment = experiment_of(context)
         cid = _partition_id(context)
         config = message.content["config"]
         local = dataclasses.replace(
@@ -444,10 +456,49 @@ def run_flower_simulation(
     return finished["model"], finished["history"]
 
 
+def compare_with_flower(run_config: RunConfig, warmup: int = 2) -> dict[str, Any]:
+    """Rounds per second of :class:`~torchopt_edu.federated.simulation.Simulation` and of
+    Flower's simulation engine on the same ``digits_experiment(run_config)``.
+
+    Both run ``run_config["rounds"]`` rounds; the first ``warmup`` are not timed (Flower's
+    first round also starts Ray and its actors). A round's time is its training, messaging and
+    aggregation plus the evaluation on the test set. Returns both rates, their ratio, both
+    final accuracies (equal: the same global model) and the setting.
+    """
+    rounds = int(run_config.get("rounds", 3))
+    if not 0 <= warmup < rounds:
+        raise ValueError(f"warmup must be in [0, rounds - 1] = [0, {rounds - 1}], got {warmup}")
+    experiment = digits_experiment(run_config)
+    simulation = Simulation(experiment.model, experiment.clients, experiment.strategy,
+                            experiment.train, experiment.test_set, fraction=experiment.fraction,
+                            seed=experiment.seed)  # fmt: skip
+    ours = simulation.run(rounds, progress=False)
+    _, theirs = run_flower_simulation(lambda _: digits_experiment(run_config))
+
+    def rate(history: list[Record]) -> float:
+        timed = history[warmup:]
+        return len(timed) / sum(r["round_time_s"] + r.get("eval_time_s", 0.0) for r in timed)
+
+    return {
+        "clients": len(experiment.clients),
+        "sampled": ours[0]["clients"],
+        "local_epochs": experiment.train.epochs,
+        "batch_size": experiment.train.batch_size,
+        "rounds": rounds,
+        "warmup": warmup,
+        "rounds_per_s": rate(ours),
+        "flower_rounds_per_s": rate(theirs),
+        "speedup": rate(ours) / rate(theirs),
+        "test_accuracy": ours[-1].get("test_accuracy"),
+        "flower_test_accuracy": theirs[-1].get("test_accuracy"),
+    }
+
+
 __all__ = [
     "Experiment",
     "FlowerStrategy",
     "client_app",
+    "compare_with_flower",
     "digits_experiment",
     "run_flower_simulation",
     "server_app",
