@@ -14,9 +14,10 @@ package, no download), for any optimizer of ``torchopt_edu.optim`` or ``torch.op
     print(format_table(results))                               # seconds to target, score
     print(benchmark_score(performance_ratios(time_to_target(results, by="steps"))))
 
-A new workload is one small class (:class:`Workload`). Needs Optuna (``[tune]``: the search
-spaces), scikit-learn (``[data]``) and PyTorch Geometric (the GCN workload); plots need
-matplotlib (``[viz]``).
+A new workload is one small class (:class:`Workload`). :func:`run_shared` runs the same plan with
+any number of worker processes sharing the records in a database (SQLite or PostgreSQL). Needs
+Optuna (``[tune]``: the search spaces), scikit-learn (``[data]``) and PyTorch Geometric (the GCN
+workload); plots need matplotlib (``[viz]``).
 """
 
 from torchopt_edu.benchmark.profiles import (
@@ -39,6 +40,7 @@ from torchopt_edu.benchmark.protocol import (
     run_benchmark,
     run_trial,
 )
+from torchopt_edu.benchmark.shared import run_shared
 from torchopt_edu.benchmark.workload import Workload
 from torchopt_edu.benchmark.workloads import (
     SBMGCN,
@@ -75,6 +77,7 @@ __all__ = [
     "performance_ratios",
     "plan_trials",
     "run_benchmark",
+    "run_shared",
     "run_trial",
     "time_to_target",
 ]

@@ -132,6 +132,14 @@ class PlannedTrial:
     config: OptimizerConfig
     seed: int
 
+    def matches(self, record: TrialResult) -> bool:
+        """Whether ``record`` is this trial's: same key, configuration and seed."""
+        return (
+            record.key == self.key
+            and record.seed == self.seed
+            and OptimizerConfig.from_dict(record.config) == self.config
+        )
+
 
 def _derived_seed(*entropy: int) -> int:
     """A seed in ``[0, 2**32)`` mixed from integers (NumPy's ``SeedSequence``)."""
@@ -317,9 +325,7 @@ def run_benchmark(
     for planned in plan:
         record = stored.get(planned.key)
         if record is not None:
-            if OptimizerConfig.from_dict(record.config) != planned.config or (
-                record.seed != planned.seed
-            ):
+            if not planned.matches(record):
                 raise ValueError(
                     f"recorded trial {planned.key} used {record.config} with seed {record.seed}, "
                     f"but this run plans {planned.config.to_dict()} with seed {planned.seed}: "

@@ -13,6 +13,9 @@ the learning-rate-free methods' track). Writes under ``--out``:
   interruption and only the missing trials run;
 - ``results.md``: per track, the time-to-target table in seconds and in steps, with the scores;
 - ``profiles.png``: the performance profiles, per track, by seconds and by steps.
+
+With ``--storage`` (a SQLite file or a ``postgresql://`` URL) the trials live in a database
+instead of ``trials.json``, and any number of workers running the same command share the work.
 """
 
 from __future__ import annotations
@@ -100,6 +103,18 @@ def build_parser() -> _common.Parser:
         type=_argtypes.positive_int,
         default=1,
         help="torch CPU threads (default 1: the workloads are small, and one thread times best)",
+    )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="keep the trials in a database that several workers share (a SQLite file or a "
+        "postgresql:// URL; run the same command in each worker) instead of <out>/trials.json",
+    )
+    parser.add_argument(
+        "--study-name",
+        default="torchopt-edu-benchmark",
+        help="the study holding the trials in --storage (default torchopt-edu-benchmark)",
     )
     _common.add_common(parser, out="runs/benchmark", device=None)
     return parser
@@ -216,6 +231,28 @@ def _plot(results_by_track: dict[str, list[TrialResult]], path: Path) -> Path:
     return _common.save_figure(figure, path, dpi=90)
 
 
+def _run_shared(
+    parser: _common.Parser, args: Any, optimizers: list[str], common: dict[str, Any]
+) -> list[TrialResult]:
+    """:func:`~torchopt_edu.benchmark.run_shared` on ``--storage``; a usage error for a database
+    that cannot be opened or that holds another seed's run."""
+    from torchopt_edu.benchmark import run_shared
+    from torchopt_edu.tuning import open_storage
+
+    try:
+        backend = open_storage(args.storage)
+    except Exception as error:  # a bad URL, a missing driver, an unreachable server
+        parser.error(
+            f"argument --storage: cannot open {args.storage!r}: {type(error).__name__}: {error}"
+        )
+    try:
+        return run_shared(
+            args.workloads, optimizers, storage=backend, study_name=args.study_name, **common
+        )
+    except ValueError as error:  # the study holds another seed's run
+        parser.error(f"argument --storage: {error}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``torchopt-edu benchmark`` with ``argv``; return the exit code."""
     _common.require(_common.Parser(prog=PROG), "optuna", PROG, "pip install 'torchopt-edu[tune]'")
@@ -239,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings(args)
     path = args.out / "trials.json"
     try:
-        stored = load_trials(path, args.seed)
+        stored = [] if args.storage else load_trials(path, args.seed)
         plans = {
             track: plan_trials(
                 args.workloads,
@@ -257,20 +294,26 @@ def main(argv: list[str] | None = None) -> int:
     records = {record.key: record for record in stored}
     planned = [planned.key for plan in plans.values() for planned in plan]
     todo = sum(key not in records for key in planned)
+    where = f"study {args.study_name!r} in {args.storage}" if args.storage else str(path)
     print(
-        f"{len(planned)} trials planned, {len(planned) - todo} already in {path}, {todo} to run "
+        f"{len(planned)} trials planned, {len(planned) - todo} already in {where}, {todo} to run "
         f"({_count(settings['trials'], 'trial')} x {_count(settings['studies'], 'study')}, "
         f"seed {args.seed})"
+        if not args.storage
+        else f"{len(planned)} trials planned, shared with the other workers of {where}"
     )
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(planned), initial=len(planned) - todo, unit="trial")
+    ran = []
 
     def keep(record: TrialResult) -> None:
-        records[record.key] = record
-        save_trials(path, args.seed, list(records.values()))
+        ran.append(record)
+        if not args.storage:
+            records[record.key] = record
+            save_trials(path, args.seed, list(records.values()))
         if bar is not None:
             bar.set_postfix_str(f"{record.key.workload} {record.key.optimizer}")
             bar.update()
@@ -279,30 +322,33 @@ def main(argv: list[str] | None = None) -> int:
     results_by_track = {}
     try:
         for track, optimizers in settings["tracks"].items():
-            results_by_track[track] = run_benchmark(
-                args.workloads,
-                optimizers,
-                track=track,
-                trials=settings["trials"],
-                studies=settings["studies"],
-                seed=args.seed,
-                done=stored,
-                on_trial=keep,
-            )
+            common = {
+                "track": track,
+                "trials": settings["trials"],
+                "studies": settings["studies"],
+                "seed": args.seed,
+                "on_trial": keep,
+            }
+            if args.storage:
+                results = _run_shared(parser, args, optimizers, common)
+            else:
+                results = run_benchmark(args.workloads, optimizers, done=stored, **common)
+            results_by_track[track] = results
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted: {len(records)} trials saved in {path}; run the same command to resume"
+            f"\ninterrupted: the finished trials are saved in {where}; run the same command to "
+            "resume"
         )
         return 130
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
-    print(f"ran {todo} trials in {seconds:.1f} s\n")
+    print(f"ran {len(ran)} trials in {seconds:.1f} s\n")
     report = _report(results_by_track, settings)
     print(report)
     (args.out / "results.md").write_text(report, encoding="utf-8")
-    outputs = [path, args.out / "results.md"]
+    outputs = [args.out / "results.md"] if args.storage else [path, args.out / "results.md"]
     if not args.no_plot:
         outputs.append(_plot(results_by_track, args.out / "profiles.png"))
     if args.json is not None:

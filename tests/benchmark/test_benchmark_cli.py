@@ -77,3 +77,22 @@ def test_a_file_that_is_not_a_trials_file_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*FAST, "--out", str(tmp_path)])
     assert "trials.json is not a trials file of this benchmark" in capsys.readouterr().err
+
+
+def test_workers_can_share_the_trials_in_a_database(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'benchmark.db'}"
+    args = ["--workloads", "diabetes", "--track", "self", "--self-optimizers", "adam", "sgd"]
+    args += ["--studies", "1", "--no-progress", "--no-plot", "--out", str(tmp_path / "out")]
+    assert main([*args, "--storage", storage]) == 0
+    printed = capsys.readouterr().out
+    assert "2 trials planned, shared with the other workers of study " in printed
+    assert "ran 2 trials" in printed and "| `adam` |" in printed
+    assert not (tmp_path / "out" / "trials.json").exists()
+    assert main([*args, "--storage", storage]) == 0  # a worker arriving late has nothing to do
+    assert "ran 0 trials" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--storage", storage, "--seed", "3"])
+    assert "holds a benchmark run with seed 0, not 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--storage", "nosuchdb://nowhere"])
+    assert "argument --storage: cannot open 'nosuchdb://nowhere'" in capsys.readouterr().err
