@@ -64,7 +64,12 @@ def test_digits_run_retrains_the_best_configuration(tmp_path, capsys, one_thread
         (["--schedules", "cosinus"], r"unknown schedule 'cosinus'"),
         (["--pruner", "medain"], r"argument --pruner: invalid choice: 'medain'"),
         (["--seed", "-1"], r"argument --seed: must be an integer in \[0, 4294967295\], got -1"),
-        (["--storage", "nosuchdb://host/db"], r"argument --storage: cannot open 'nosuchdb://"),
+        (
+            ["--storage", "nosuchdb://host/db"],
+            r"argument --storage: study database nosuchdb://host/db: Can't load plugin",
+        ),
+        (["--sampler", "bayes"], r"argument --sampler: invalid choice: 'bayes'"),
+        (["--compare-samplers", "tpe", "--seeds", "0"], r"argument --seeds: must be an integer"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(tmp_path, capsys, args, message):
@@ -133,3 +138,43 @@ def test_plots_name_the_objective(tmp_path):
     importance = plot_importance(study, "validation cross-entropy")
     assert importance.get_title(loc="left").endswith("for the validation cross-entropy")
     plt.close("all")
+
+
+def test_a_damaged_study_file_exits_2_naming_it_and_stays_as_it_was(tmp_path, capsys):
+    damaged = b"not a database, a text file saved over it\n" * 100
+    (tmp_path / "study.db").write_bytes(damaged)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--task", "quadratic", "--out", str(tmp_path), "--no-plots", "--no-progress"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"torchopt-edu tune: error: argument --storage: study database {tmp_path / 'study.db'}: "
+        "file is not a database; if the file is damaged, move"
+    )
+    assert err.count("\n") == 1
+    assert (tmp_path / "study.db").read_bytes() == damaged
+
+
+def test_sampler_flag_and_sampler_comparison_on_a_benchmark_workload(tmp_path, capsys):
+    args = ["--task", "quadratic", "--optimizers", "sgd", "--out", str(tmp_path), "--no-plots"]
+    assert main([*args, "--sampler", "cmaes", "--n-trials", "3", "--no-progress"]) == 0
+    study = optuna.load_study(study_name="quadratic", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(study.trials) == 3
+    assert all("cma:generation" in t.system_attrs for t in study.trials[1:])  # CMA-ES drew them
+
+    compare = ["--task", "diabetes", "--optimizers", "adam", "--out", str(tmp_path)]
+    compare += ["--compare-samplers", "random,tpe", "--seeds", "2", "--n-trials", "6"]
+    assert main([*compare, "--json", str(tmp_path / "samplers.json")]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "best steps to validation R^2 >= 0.58 after k trials (mean ± std over 2 seeds)" in printed
+    )
+    assert "| sampler | after 5 | after 6 | s/study |" in printed
+    saved = json.loads((tmp_path / "samplers.json").read_text())
+    assert saved["samplers"] == ["random", "tpe"] and saved["seeds"] == [0, 1]
+    for sampler in ("random", "tpe"):
+        for curve in saved["best_so_far"][sampler]:
+            assert len(curve) == 6 and curve == sorted(curve, reverse=True)  # best so far
+        mean = sum(curve[4] for curve in saved["best_so_far"][sampler]) / 2
+        assert re.search(rf"\| {sampler} \| {mean:.4g} ± ", printed)
+    assert (tmp_path / "samplers.png").read_bytes()[:4] == b"\x89PNG"

@@ -155,29 +155,6 @@ def test_resumed_study_continues_the_count_and_matches_an_uninterrupted_one(tmp_
     assert len(again.study.trials) == 14  # budget reached: nothing more to run
 
 
-def test_interrupted_study_resumes_after_the_interrupted_trial(tmp_path):
-    storage = tmp_path / "study.db"
-    objective = quadratic_task(steps=2)
-
-    def interrupted_at_trial_3(config, report):
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # what Ctrl+C raises
-        calls.append(config)
-        return objective(config, report)
-
-    calls = []
-    with pytest.raises(KeyboardInterrupt):
-        tune(
-            interrupted_at_trial_3, SearchSpace(SGD_LR), n_trials=8, storage=storage, pruner="none"
-        )
-    study = optuna.load_study(study_name="torchopt-edu", storage=f"sqlite:///{storage}")
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [TrialState.FAIL]
-    assert study.trials[3].user_attrs["error"].startswith("KeyboardInterrupt")
-    result = tune(objective, SearchSpace(SGD_LR), n_trials=8, storage=storage, pruner="none")
-    assert [t.number for t in result.study.trials] == list(range(8))
-    assert [t.state for t in result.study.trials[4:]] == [TrialState.COMPLETE] * 4
-
-
 def test_bad_arguments_raise_before_any_database_is_written(tmp_path):
     storage = tmp_path / "study.db"
     train = quadratic_task()
@@ -296,26 +273,26 @@ def test_default_warmup_cosine_space_fits_runs_of_any_length():
         ]
 
 
-def test_seeds_up_to_max_seed_run_and_the_trial_seeds_wrap_around():
+def test_seeds_up_to_max_seed_run_and_nearby_seeds_draw_unrelated_points():
     space = SearchSpace(SGD_LR)
-    result = tune(
-        quadratic_task(steps=1),
-        space,
-        n_trials=3,
-        seed=MAX_SEED - 1,
-        storage=InMemoryStorage(),
-        pruner="none",
-    )
-    assert len(result.study.trials) == 3  # trial seeds MAX_SEED - 1, MAX_SEED and 0
-    sampler = TrialSeededTPESampler(MAX_SEED - 1)
-    assert [sampler.trial_seed(k) for k in range(3)] == [MAX_SEED - 1, MAX_SEED, 0]
-    # The wrapped trial draws what a study seeded with 0 draws first.
-    lr = [t.params["sgd.lr"] for t in result.study.trials]
-    from_zero = tune(
-        quadratic_task(steps=1), space, n_trials=1, seed=0, storage=InMemoryStorage(), pruner="none"
-    )
-    assert from_zero.study.trials[0].params["sgd.lr"] == lr[2]
-    assert len(set(lr)) == 3
+
+    def lrs(seed):
+        result = tune(
+            quadratic_task(steps=1),
+            space,
+            n_trials=4,
+            seed=seed,
+            storage=InMemoryStorage(),
+            pruner="none",
+        )
+        return [t.params["sgd.lr"] for t in result.study.trials]
+
+    assert len(set(lrs(MAX_SEED))) == 4
+    # Seeds 0 and 1 share no draw (with seed + trial number, seed 1 drew seed 0's next points).
+    assert not set(lrs(0)) & set(lrs(1))
+    sampler = TrialSeededTPESampler(MAX_SEED)
+    seeds = [sampler.trial_seed(k) for k in range(100)]
+    assert len(set(seeds)) == 100 and all(0 <= seed <= MAX_SEED for seed in seeds)
     with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, {MAX_SEED}\]"):
         TrialSeededTPESampler(MAX_SEED + 1)
 

@@ -2,16 +2,25 @@
 
     torchopt-edu tune --task digits --n-trials 30 --optimizers adam,sgd,momentum
     torchopt-edu tune --storage postgresql://host/db --study-name shared   # one per worker
+    torchopt-edu tune --task digits_mlp --optimizers adam --compare-samplers tpe,gp,random
 
 The study is stored in ``<out>/study.db`` unless ``--storage`` says otherwise: stop it with
 Ctrl+C and run the same command again to resume; run the same command in several terminals (or on
 several machines with a database URL) to share the work. Prints the best trial and, for digits,
 the test accuracy of the best configuration retrained; saves ``history.png`` and
 ``importance.png`` under ``--out``.
+
+``--task`` may also name a benchmark workload (``digits_mlp``, ``diabetes``, ...): the objective is
+then the number of training steps to its validation target (:func:`~torchopt_edu.tuning.compare.
+workload_task`). ``--compare-samplers`` runs, instead of one stored study, one in-memory study per
+sampler and ``--seeds`` seed and prints the best value after a number of trials (mean and standard
+deviation over the seeds), and saves ``samplers.png``.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,12 +31,14 @@ from torchopt_edu.cli._optimizers import optimizer_name
 from torchopt_edu.optim import valid_names
 
 if TYPE_CHECKING:
-    from torchopt_edu.tuning import OptimizerConfig, TuneResult
+    from torchopt_edu.tuning import OptimizerConfig, SearchSpace, TrainFn, TuneResult
+    from torchopt_edu.tuning.compare import SamplerComparison
 
 TASKS = {
     "digits": "64-32-10 MLP on scikit-learn's digits; objective: validation cross-entropy",
     "quadratic": "the seed's (w + 2)^2 from w = 0; objective: loss after --epochs steps",
 }
+WORKLOAD_TASK = "a benchmark workload; objective: steps to its validation target"
 DEFAULT_EPOCHS = {"digits": 10, "quadratic": 5}
 PROG = "torchopt-edu tune"
 
@@ -35,17 +46,20 @@ PROG = "torchopt-edu tune"
 def build_parser() -> _common.Parser:
     """The argument parser of ``torchopt-edu tune`` (needs Optuna)."""
     from torchopt_edu.tuning.config import CONSTANT_SCHEDULE, SCHEDULES
-    from torchopt_edu.tuning.study import PRUNERS
+    from torchopt_edu.tuning.study import PRUNERS, SAMPLERS
 
     parser = _common.Parser(
         prog=PROG,
         description="Optuna search over optimizers, learning rates and schedules.",
     )
+    from torchopt_edu.benchmark.workloads import WORKLOADS
+
     parser.add_argument(
         "--task",
-        choices=sorted(TASKS),
+        choices=sorted(TASKS) + sorted(WORKLOADS),
         default="digits",
-        help="; ".join(f"{name}: {what}" for name, what in TASKS.items()),
+        help="; ".join(f"{name}: {what}" for name, what in TASKS.items())
+        + f"; {', '.join(sorted(WORKLOADS))}: {WORKLOAD_TASK}",
     )
     _common.add_optimizers(
         parser,
@@ -76,9 +90,29 @@ def build_parser() -> _common.Parser:
     )
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="default: median")
     parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="tpe",
+        help="tpe (default), gp (Gaussian process), cmaes (CMA-ES), nsga2 (NSGA-II), random",
+    )
+    parser.add_argument(
         "--storage", default=None, help="SQLite file or database URL; default: <out>/study.db"
     )
     parser.add_argument("--study-name", default=None, help="default: the task name")
+    parser.add_argument(
+        "--compare-samplers",
+        nargs="+",
+        action=_common.NameList,
+        default=None,
+        metavar="NAME",
+        help=f"compare samplers (any of {', '.join(SAMPLERS)}) instead of running one study",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_argtypes.positive_int,
+        default=3,
+        help="with --compare-samplers: studies per sampler, seeded --seed, --seed + 1, ...",
+    )
     _common.add_common(parser, out="runs/tune", device=None)
     parser.add_argument(
         "--no-plots", dest="no_plot", action="store_true", help="same as --no-plot (older spelling)"
@@ -90,7 +124,66 @@ def objective_name(task: str, epochs: int) -> str:
     """What the study minimises, as the plots label it."""
     if task == "digits":
         return "validation cross-entropy"
-    return f"loss after {epochs} steps"
+    if task == "quadratic":
+        return f"loss after {epochs} steps"
+    from torchopt_edu.benchmark import get_workload
+
+    workload = get_workload(task)
+    return f"steps to {workload.metric} {'>=' if workload.higher_is_better else '<='} " + (
+        f"{workload.target}"
+    )
+
+
+def checkpoints(n_trials: int) -> list[int]:
+    """The trial counts the sampler table shows: 5, 10, 20, 50, 100, ... below ``n_trials``,
+    then ``n_trials``."""
+    return [k for k in (5, 10, 20, 50, 100, 200, 500) if k < n_trials] + [n_trials]
+
+
+def comparison_table(comparison: SamplerComparison) -> str:
+    """The comparison as a Markdown table: best value (mean +- std over seeds) after k trials."""
+    columns = checkpoints(comparison.n_trials)
+    lines = [
+        "| sampler | " + " | ".join(f"after {k}" for k in columns) + " | s/study |",
+        "|---|" + "---:|" * (len(columns) + 1),
+    ]
+    for sampler, cells in comparison.rows(columns):
+        shown = " | ".join(f"{mean:.4g} ± {std:.2g}" for mean, std in cells)
+        lines.append(f"| {sampler} | {shown} | {comparison.seconds[sampler]:.1f} |")
+    return "\n".join(lines)
+
+
+def _compare(args: argparse.Namespace, space: SearchSpace, train: TrainFn, objective: str) -> int:
+    """``--compare-samplers``: print the table, save the JSON and ``samplers.png``."""
+    from torchopt_edu.tuning.compare import compare_samplers
+
+    seeds = [args.seed + k for k in range(args.seeds)]
+    print(
+        f"comparing {', '.join(args.compare_samplers)} on {args.task}: seeds {seeds}, "
+        f"{args.n_trials} trials each"
+    )
+    comparison = compare_samplers(
+        train, space, samplers=args.compare_samplers, seeds=seeds, n_trials=args.n_trials
+    )
+    print(f"best {objective} after k trials (mean ± std over {len(seeds)} seeds):")
+    print(comparison_table(comparison))
+    if args.json is not None:
+        path = _common.write_json(args.json, dataclasses.asdict(comparison))
+        print(f"results written to {path}")
+    if not args.no_plot:
+        _common.use_agg()
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(6, 4))
+        trials = range(1, comparison.n_trials + 1)
+        for sampler in comparison.samplers:
+            means = [comparison.best_after(sampler, k)[0] for k in trials]
+            axes.plot(trials, means, label=sampler)
+        axes.set(xlabel="trials", ylabel=f"best {objective}", title=f"Samplers on {args.task}")
+        axes.legend()
+        figure.tight_layout()
+        print(f"plot: {_common.save_figure(figure, Path(args.out) / 'samplers.png')}")
+    return 0
 
 
 def _describe(config: OptimizerConfig) -> str:
@@ -125,56 +218,72 @@ def _study_error(error: ValueError, study_name: str, named: bool) -> str:
     )
 
 
+def _task(task: str, epochs: int, seed: int) -> tuple[TrainFn, tuple[Any, Any, Any]]:
+    """The training function of ``task``, and the digits splits (``None``s for other tasks)."""
+    from torchopt_edu.tuning.compare import workload_task
+    from torchopt_edu.tuning.tasks import (
+        digits_mlp,
+        load_digits_splits,
+        quadratic_task,
+        supervised_task,
+    )
+
+    if task == "digits":
+        splits = load_digits_splits(seed)
+        return supervised_task(digits_mlp, *splits[:2], epochs=epochs, seed=seed), splits
+    if task == "quadratic":
+        return quadratic_task(steps=epochs), (None, None, None)
+    return workload_task(task, seed=seed), (None, None, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``torchopt-edu tune`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     _common.require(_common.Parser(prog=PROG), "optuna", PROG, "pip install 'torchopt-edu[tune]'")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.task == "digits":
+    if args.task not in ("quadratic",):
         _common.require(
             parser,
             "sklearn",
-            "--task digits",
+            f"--task {args.task}",
             "pip install 'torchopt-edu[data]', or pass --task quadratic",
         )
     if not args.no_plot:
         _common.require_matplotlib(parser)
-    uses_out = args.storage is None or not args.no_plot
+    comparing = args.compare_samplers is not None
+    uses_out = (args.storage is None and not comparing) or not args.no_plot
     _common.check_outputs(
         parser, folders=[("--out", args.out if uses_out else None)], files=[("--json", args.json)]
     )
 
     import optuna
 
-    from torchopt_edu.tuning import NoCompletedTrialError, SearchSpace, open_storage, tune
-    from torchopt_edu.tuning.tasks import (
-        accuracy,
-        digits_mlp,
-        fit,
-        init_model,
-        load_digits_splits,
-        quadratic_task,
-        supervised_task,
+    from torchopt_edu.tuning import (
+        NoCompletedTrialError,
+        SearchSpace,
+        StorageError,
+        open_storage,
+        tune,
     )
+    from torchopt_edu.tuning.tasks import accuracy, digits_mlp, fit, init_model
 
-    epochs = args.epochs or DEFAULT_EPOCHS[args.task]
+    epochs = args.epochs or DEFAULT_EPOCHS.get(args.task, 0)
     try:
         space = SearchSpace(args.optimizers or None, args.schedules)
     except (ValueError, TypeError) as error:
         parser.error(f"argument --optimizers/--schedules: {error}")
+    train, (train_data, valid_data, test_data) = _task(args.task, epochs, args.seed)
+    if comparing:
+        return _compare(args, space, train, objective_name(args.task, epochs))
     storage = args.storage or str(args.out / "study.db")
     try:
         backend = open_storage(storage)
-    except Exception as error:  # a bad URL, a missing driver, an unreachable server
+    except StorageError as error:  # a damaged file, an unreachable server: named in the message
+        parser.error(f"argument --storage: {error}")
+    except Exception as error:  # a bad URL, a missing driver
         parser.error(
             f"argument --storage: cannot open {storage!r}: {type(error).__name__}: {error}"
         )
-    if args.task == "digits":
-        train_data, valid_data, test_data = load_digits_splits(args.seed)
-        train = supervised_task(digits_mlp, train_data, valid_data, epochs=epochs, seed=args.seed)
-    else:
-        train = quadratic_task(steps=epochs)
-
     study_name = args.study_name or args.task
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar and the summary say enough
@@ -186,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             storage=backend,
             study_name=study_name,
             pruner=args.pruner,
+            sampler=args.sampler,
             seed=args.seed,
             progress_bar=not args.no_progress,
         )
@@ -196,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         if not str(error).startswith("study "):
             parser.error(str(error))
         parser.error(_study_error(error, study_name, args.study_name is not None))
-    except NoCompletedTrialError as error:
+    except (NoCompletedTrialError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
