@@ -29,6 +29,7 @@ Needs Opacus (``pip install "torchopt-edu[fed]"``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -52,6 +53,16 @@ def _rdp_accountant() -> Any:
             'DPFedAvg reports its privacy budget with Opacus: pip install "torchopt-edu[fed]"'
         ) from error
     return RDPAccountant()
+
+
+@functools.cache
+def _one_step_rdp(
+    noise_multiplier: float, sample_rate: float, orders: tuple[float, ...]
+) -> np.ndarray:
+    """Opacus's RDP of one step of the subsampled Gaussian mechanism at the Rényi ``orders``."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    return compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders)
 
 
 class DPFedAvg(ClipUpdates):
@@ -111,7 +122,13 @@ class DPFedAvg(ClipUpdates):
             return 0.0
         if self.noise_multiplier == 0:
             return math.inf
-        return float(self.accountant.get_epsilon(delta=delta))
+        # RDPAccountant.get_epsilon's sum of compute_rdp(q, z, steps) = steps * rdp(q, z, 1),
+        # with the one-step RDP cached: the same floats, without 0.2 s of series per round
+        from opacus.accountants.analysis.rdp import get_privacy_spent
+
+        orders = tuple(self.accountant.DEFAULT_ALPHAS)
+        rdp = sum(_one_step_rdp(z, q, orders) * n for z, q, n in self.accountant.history)
+        return float(get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)[0])
 
     def aggregate_fit(self, model: nn.Module, results: Sequence[ClientResult]) -> dict[str, Any]:
         """Clip, sum, add noise, average; hand ``w^t + u`` to the inner strategy.
