@@ -1,4 +1,5 @@
-"""Federated learning with this package's optimizers: FedAvg, FedProx and the FedOpt family.
+"""Federated learning with this package's optimizers: FedAvg, FedProx, the FedOpt family,
+robust aggregation and SCAFFOLD, under attacks and faults, with exact resume.
 
 A few lines compose a run::
 
@@ -17,7 +18,9 @@ A few lines compose a run::
 Modules: ``aggregate`` (pure averaging and update checks), ``client`` (local training),
 ``strategy`` (how the server updates the global model), ``partition`` (who holds what),
 ``simulation`` (the rounds), ``plot`` (accuracy curves), ``distributed`` (the same rounds over
-torch.distributed workers).
+torch.distributed workers), ``privacy`` (DP-FedAvg with Opacus's accountant), ``compression``
+(top-k and QSGD uploads with error feedback), ``flower`` (the same experiments on Flower; import
+it explicitly, it needs the ``fed`` extra).
 """
 
 from torchopt_edu.federated.aggregate import (
@@ -31,6 +34,7 @@ from torchopt_edu.federated.aggregate import (
 from torchopt_edu.federated.attacks import ATTACKS, Attack
 from torchopt_edu.federated.checkpoint import CheckpointError
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining, make_clients
+from torchopt_edu.federated.compression import QSGD, TopK, UpdateCompressor
 from torchopt_edu.federated.data import MLP, load_digits_split
 from torchopt_edu.federated.faults import Faults
 from torchopt_edu.federated.partition import (
@@ -44,6 +48,9 @@ from torchopt_edu.federated.partition import (
     shard_partition,
 )
 from torchopt_edu.federated.plot import plot_history
+from torchopt_edu.federated.privacy import DPFedAvg
+from torchopt_edu.federated.robust import ClipUpdates, FedMedian, FedTrimmedAvg, Krum
+from torchopt_edu.federated.scaffold import Scaffold
 from torchopt_edu.federated.simulation import ClientError, Compressor, Simulation, evaluate
 from torchopt_edu.federated.strategy import (
     STRATEGIES,
@@ -60,6 +67,10 @@ from torchopt_edu.federated.strategy import (
 )
 
 __all__ = [
+    "DPFedAvg",
+    "QSGD",
+    "TopK",
+    "UpdateCompressor",
     "InvalidUpdateError",
     "average",
     "check_update",
@@ -86,6 +97,11 @@ __all__ = [
     "plot_counts",
     "quantity_skew_partition",
     "shard_partition",
+    "ClipUpdates",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "Scaffold",
     "Simulation",
     "evaluate",
     "plot_history",

@@ -146,14 +146,15 @@ class Compressor(Protocol):
         ...
 
 
-#: client-thread heuristic: below this many multiply-adds per forward pass of a batch
-#: (parameters x batch size), a step's kernels are too short to pay for waking more threads
+#: thread heuristic: below this many multiply-adds per forward pass of a batch (parameters x
+#: batch size), a kernel is too short to pay for waking more threads; on a busy 2-core
+#: machine torch's default thread count makes a digits round 8x slower than one thread
 SMALL_STEP = 2**23
 
 
-def default_client_threads(model: nn.Module, batch_size: int) -> int:
-    """Threads for local training: 1 for a small model (``parameters * batch_size`` below
-    :data:`SMALL_STEP`, as Flower's simulation does for every client), else torch's default."""
+def default_threads(model: nn.Module, batch_size: int) -> int:
+    """Threads for a round: 1 for a small model (``parameters * batch_size`` below
+    :data:`SMALL_STEP`; Flower's simulation uses one per client), else torch's default."""
     size = sum(p.numel() for p in model.parameters()) * batch_size
     return 1 if size < SMALL_STEP else torch.get_num_threads()
 
@@ -202,8 +203,9 @@ class Simulation:
         attack: an :class:`~torchopt_edu.federated.attacks.Attack` by some of the clients.
         faults: dropout, stragglers and the minimum of replies
             (:class:`~torchopt_edu.federated.faults.Faults`); ``None``: none of them.
-        client_threads: torch threads while clients train; ``None`` picks them by model size
-            (:func:`default_client_threads`: 1 for small models).
+        threads: torch's intra-op threads during a round (local training, aggregation,
+            evaluation); ``None`` picks them by model size (:func:`default_threads`: 1 for
+            small models, whose kernels are too short to share among threads).
         checkpoint: a file to save the server state to every ``checkpoint_every`` rounds
             (:meth:`save_checkpoint`); resume with :meth:`load_checkpoint`.
 
@@ -231,7 +233,7 @@ class Simulation:
         compressor: Compressor | None = None,
         attack: Attack | None = None,
         faults: Faults | None = None,
-        client_threads: int | None = None,
+        threads: int | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int = 1,
     ) -> None:
@@ -267,10 +269,10 @@ class Simulation:
         self.compressor = compressor
         self.attack = attack
         self.faults = Faults() if faults is None else faults
-        self.client_threads = (
-            default_client_threads(model, train.batch_size)
-            if client_threads is None
-            else check_int("client_threads", client_threads, 1)
+        self.threads = (
+            default_threads(model, train.batch_size)
+            if threads is None
+            else check_int("threads", threads, 1)
         )
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
@@ -298,6 +300,12 @@ class Simulation:
 
     def run_round(self) -> Record:
         """One round of sampling, local training, aggregation and evaluation; returns its record."""
+        with num_threads(self.threads):
+            record = self._round()
+        self.history.append(record)
+        return record
+
+    def _round(self) -> Record:
         round_ = len(self.history) + 1
         start = time.perf_counter()
         sampled = sample_clients(len(self.clients), self.fraction, self.seed, round_)
@@ -310,8 +318,7 @@ class Simulation:
             sampled, steps, self._slowness, self.seed, round_
         )
         global_state = self.model.state_dict()
-        with num_threads(self.client_threads):
-            results, failures = self._fit(self._own_share(replying), global_state, train, round_)
+        results, failures = self._fit(self._own_share(replying), global_state, train, round_)
         record: Record = {
             "round": round_,
             "clients": len(sampled),
@@ -324,7 +331,6 @@ class Simulation:
             start = time.perf_counter()
             record.update(evaluate(self.model, *self.test_set, loss_fn=self.train.loss_fn))
             record["eval_time_s"] = time.perf_counter() - start
-        self.history.append(record)
         return record
 
     def _own_share(self, sampled: list[int]) -> list[int]:
