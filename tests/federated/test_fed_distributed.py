@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import time
 
 import pytest
 import torch
@@ -9,8 +10,11 @@ import torch.distributed as dist
 
 from torchopt_edu.federated import (
     MLP,
+    Attack,
     Client,
+    ClipUpdates,
     FedAdam,
+    FedMedian,
     InvalidUpdateError,
     LocalTraining,
     Simulation,
@@ -18,7 +22,7 @@ from torchopt_edu.federated import (
     load_digits_split,
     make_clients,
 )
-from torchopt_edu.federated.distributed import run_distributed
+from torchopt_edu.federated.distributed import WorkerError, run_distributed
 from torchopt_edu.optim import SGD
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="needs torch.distributed")
@@ -94,3 +98,87 @@ def test_on_invalid_raise_raises_the_same_error_as_the_simulation():
     for model in models:  # the failed round left the global model as it was
         for name, tensor in initial.items():
             assert torch.equal(model.state_dict()[name], tensor)
+
+
+class _HangingClient(Client):
+    """Trains normally the first time, then hangs (a worker stuck in a client's code)."""
+
+    calls = 0
+
+    def fit(self, model, global_state, train, seed):
+        type(self).calls += 1
+        if type(self).calls > 1:
+            time.sleep(120)
+        return super().fit(model, global_state, train, seed)
+
+
+def _small_clients(count):
+    x_train, y_train, _, _ = load_digits_split(seed=0)
+    x, y = x_train[: 20 * count], y_train[: 20 * count]
+    return make_clients(x, y, dirichlet_partition(y, count, alpha=1.0, seed=0))
+
+
+def test_a_hanging_worker_times_out_within_seconds_and_completed_rounds_are_kept(tmp_path):
+    clients = _small_clients(2)
+    clients[1] = _HangingClient(1, clients[1].features, clients[1].labels)  # rank 1's client
+    train = LocalTraining(functools.partial(SGD, lr=0.1), epochs=1, batch_size=10)
+    torch.manual_seed(0)
+    model = MLP(hidden=8)
+    initial = copy.deepcopy(model.state_dict())
+    path = tmp_path / "run.pt"
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"after 1 completed rounds: a worker did not answer "):
+        run_distributed(
+            model, clients, FedAdam(), train, 3, fraction=1.0, timeout=3, checkpoint=path
+        )
+    assert time.monotonic() - start < 60  # gloo's default would wait 30 minutes
+
+    expected = MLP(hidden=8)
+    expected.load_state_dict(initial)
+    clients[1] = Client(1, clients[1].features, clients[1].labels)
+    simulation = Simulation(expected, clients, FedAdam(), train, fraction=1.0)
+    simulation.run(1, progress=False)
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=1e-6, atol=1e-7)
+    resumed = Simulation(MLP(hidden=8), clients, FedAdam(), train, fraction=1.0)
+    assert resumed.load_checkpoint(path) == 1  # the run can go on from round 1
+
+
+class _Float16:
+    """Sends updates in float16 (no memory); picklable for the workers."""
+
+    def compress(self, cid, update):
+        return {n: u.half().float() for n, u in update.items()}, 2 * sum(
+            u.numel() for u in update.values()
+        )
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_robust_compressed_attacked_rounds_over_gloo_equal_the_simulation_to_the_bit():
+    clients = _small_clients(6)
+    train = LocalTraining(functools.partial(SGD, lr=0.1), epochs=1, batch_size=10)
+    torch.manual_seed(0)
+    initial = copy.deepcopy(MLP(hidden=8).state_dict())
+    options = dict(
+        fraction=1.0, compressor=_Float16(), attack=Attack("sign_flip", fraction=0.2), seed=2
+    )
+    models, histories = [], []
+    for world_size in (None, 2):
+        model = MLP(hidden=8)
+        model.load_state_dict(initial)
+        strategy = ClipUpdates(FedMedian(), max_norm=2.0)
+        if world_size is None:
+            history = Simulation(model, clients, strategy, train, **options).run(2, progress=False)
+        else:
+            history = run_distributed(model, clients, strategy, train, 2, world_size, **options)
+        models.append(model)
+        histories.append([{k: v for k, v in r.items() if not k.endswith("_s")} for r in history])
+    assert histories[0] == histories[1]
+    assert histories[0][0]["bytes_sent"] == 6 * 2 * sum(t.numel() for t in initial.values())
+    for name, tensor in models[0].state_dict().items():
+        assert torch.equal(models[1].state_dict()[name], tensor)

@@ -47,6 +47,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
+from torch.multiprocessing.spawn import ProcessException, ProcessRaisedException
 
 from torchopt_edu.federated.aggregate import InvalidUpdateError, State, average, weighted_sum
 from torchopt_edu.federated.checkpoint import CheckpointError
@@ -334,7 +335,7 @@ def run_distributed(
                 nprocs=world_size,
                 join=True,
             )
-        except mp.ProcessException as failure:
+        except ProcessException as failure:
             history = _keep_completed(server, progress_path)
             raise WorkerError(
                 f"distributed run stopped after {len(history)} completed rounds: "
@@ -362,9 +363,9 @@ def _keep_completed(server: Simulation, progress_path: Path) -> list[Record]:
     return server.history
 
 
-def _describe(failure: mp.ProcessException, timeout: float) -> str:
+def _describe(failure: ProcessException, timeout: float) -> str:
     """One line on why a worker stopped."""
-    if isinstance(failure, mp.ProcessRaisedException):
+    if isinstance(failure, ProcessRaisedException):
         lines = [line for line in failure.msg.strip().splitlines() if line.strip()]
         last = lines[-1] if lines else "an error"
         if "TimeoutError" in failure.msg:
