@@ -62,7 +62,7 @@ setup(
     },
     python_requires=">=3.10",
     packages=find_packages(include=["torchopt_edu", "torchopt_edu.*"]),
-    package_data={"torchopt_edu": ["py.typed"]},
+    package_data={"torchopt_edu": ["py.typed", "learned/weights/*.pt"]},
     install_requires=[
         # Open ranges: users bring their own torch (install it first, see README).
         "torch>=2.4",
