@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "torchopt_edu.cli.federated_bench",
         "federated rounds per second and framework overhead",
     ),
+    "learn-optimizer": (
+        "torchopt_edu.cli.learn_optimizer",
+        "meta-train the learned (graph) optimizer with evolution strategies",
+    ),
 }
 
 
