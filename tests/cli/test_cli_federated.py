@@ -115,6 +115,15 @@ def test_cli_fedopt_takes_any_package_optimizer(tmp_path, capsys):
             ["--strategy", "fedopt", "--server-optimizer", "sgd"],
             "--strategy fedopt needs --server-lr",
         ),
+        (["--keep", "2"], "argument --keep: applies to --strategy krum, not --strategy fedavg"),
+        (["--strategy", "fedtrimmedavg", "--trim-beta", "0.5"], "--trim-beta: must be < 0.5"),
+        (["--dp-noise", "1"], "--dp-noise and --dp-clip go together"),
+        (["--compress-ratio", "0.1"], "argument --compress-ratio: applies to --compress"),
+        (["--attack-scale", "2"], "argument --attack-scale: applies to --attack"),
+        (["--attack", "flip"], "argument --attack: invalid choice: 'flip'"),
+        (["--dropout", "1"], "argument --dropout: must be < 1, got 1.0"),
+        (["--resume"], "argument --resume: no checkpoint at .*checkpoint.pt"),
+        (["--launcher", "torchrun"], "--launcher torchrun: run under torchrun"),
     ],
 )
 def test_cli_bad_arguments_exit_2_naming_the_argument(argv, message, capsys, tmp_path):
@@ -221,3 +230,45 @@ def test_a_round_with_every_update_rejected_is_saved_as_strict_json(tmp_path):
     saved = json.loads(json_path.read_text(), parse_constant=refuse)
     assert saved[0]["train_loss"] is None and saved[0]["rejected"] == [0, 1, 2, 3]
     assert next(csv.DictReader(csv_path.open()))["train_loss"] == "nan"
+
+
+def test_cli_robust_clipped_compressed_attacked_faulty_rounds_are_recorded(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*SMALL, "--strategy", "krum", "--malicious", "1", "--keep", "2", "--clip-norm", "5"]
+    args += ["--attack", "sign_flip", "--compress", "topk", "--compress-ratio", "0.1"]
+    assert cli.main([*args, "--dropout", "0.3", "--min-replies", "1", "--out", str(out)]) == 0
+    assert (
+        "ClipUpdates(Krum(num_malicious_clients=1, num_clients_to_keep=2)"
+        in capsys.readouterr().out
+    )
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    parameters = sum(p.numel() for p in MLP().parameters())
+    for row in rows:  # top-10%: a value and an int32 index per kept entry
+        assert int(row["bytes_sent"]) == int(row["replies"]) * 8 * math.ceil(0.1 * parameters)
+    assert {"dropped", "late", "failed", "skipped", "refused"} <= set(rows[0])
+
+
+def test_cli_dp_fedavg_and_scaffold_run(tmp_path):
+    dp = [*SMALL, "--dp-noise", "0.5", "--dp-clip", "1", "--out", str(tmp_path / "dp")]
+    assert cli.main(dp) == 0
+    assert json.loads((tmp_path / "dp" / "history.json").read_text())[-1]["epsilon"] > 0
+    scaffold = [*SMALL, "--strategy", "scaffold", "--out", str(tmp_path / "scaffold")]
+    assert cli.main(scaffold) == 0
+
+
+def test_cli_resume_continues_to_the_same_rounds_as_an_uninterrupted_run(tmp_path, capsys):
+    args = [*SMALL, "--strategy", "fedadam", "--no-plot", "--checkpoint-every", "1"]
+    assert cli.main([*args, "--rounds", "3", "--out", str(tmp_path / "whole")]) == 0
+    assert cli.main([*args, "--rounds", "2", "--out", str(tmp_path / "parts")]) == 0
+    assert cli.main([*args, "--rounds", "3", "--resume", "--out", str(tmp_path / "parts")]) == 0
+    assert "resumed after round 2" in capsys.readouterr().out
+    columns = ("round", "samples", "train_loss", "test_loss", "test_accuracy")
+    runs = [list(csv.DictReader((tmp_path / r / "history.csv").open())) for r in ("whole", "parts")]
+    assert [[row[c] for c in columns] for row in runs[0]] == [
+        [row[c] for c in columns] for row in runs[1]
+    ]
+    (tmp_path / "parts" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--rounds", "4", "--resume", "--out", str(tmp_path / "parts")])
+    assert exit_.value.code == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err

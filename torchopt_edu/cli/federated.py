@@ -4,10 +4,18 @@ Partitions the digits training set among ``--clients`` clients (non-IID by defau
 ``--rounds`` rounds of the chosen strategy, prints one table row per round and writes
 ``history.csv``, ``history.json``, ``config.json`` and ``accuracy.png`` under ``--out``
 (the simulation returns the history; this module saves it).
-``--workers N`` runs the same rounds over N torch.distributed (gloo) processes.
+``--workers N`` runs the same rounds over N torch.distributed (gloo) processes;
+``--launcher torchrun`` runs one process per ``torchrun`` rank instead (gloo on CPU, NCCL with
+``--device cuda``; one machine or several, see docs/federated.md).
+
+Robust strategies (``fedmedian``, ``fedtrimmedavg``, ``krum``), ``scaffold``, update clipping
+(``--clip-norm``), differential privacy (``--dp-noise``, ``--dp-clip``), compression
+(``--compress``), attacks (``--attack``), faults (``--dropout``, ``--deadline``,
+``--min-replies``) and checkpoints (``--checkpoint-every``, ``--resume``) compose freely.
 
 Options that only one partition or strategy uses (``--alpha``, ``--shards-per-client``,
-``--beta``, ``--mu``) are refused with the others, and ``--strategy fedopt`` needs both
+``--beta``, ``--mu``, ``--trim-beta``, ``--malicious``, ``--keep``) are refused with the others,
+and ``--strategy fedopt`` needs both
 ``--server-optimizer`` and ``--server-lr``: no learning rate suits every server optimizer, and
 an optimizer's own default (SGD's ``1e-3``) barely moves the global model.
 """
@@ -15,8 +23,11 @@ an optimizer's own default (SGD's ``1e-3``) barely moves the global model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
+import io
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,10 +36,19 @@ import torch
 from tqdm import tqdm
 
 from torchopt_edu.cli import _common
-from torchopt_edu.cli._argtypes import fraction, non_negative_float, positive_float, positive_int
+from torchopt_edu.cli._argtypes import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from torchopt_edu.cli._optimizers import optimizer_name
+from torchopt_edu.federated.attacks import ATTACKS, Attack
+from torchopt_edu.federated.checkpoint import CheckpointError
 from torchopt_edu.federated.client import LocalTraining, make_clients
 from torchopt_edu.federated.data import MLP, load_digits_split
+from torchopt_edu.federated.faults import Faults
 from torchopt_edu.federated.partition import (
     dirichlet_partition,
     format_counts,
@@ -37,11 +57,13 @@ from torchopt_edu.federated.partition import (
     quantity_skew_partition,
     shard_partition,
 )
+from torchopt_edu.federated.robust import ClipUpdates, FedMedian, FedTrimmedAvg, Krum
+from torchopt_edu.federated.scaffold import Scaffold
 from torchopt_edu.federated.simulation import Record, Simulation
 from torchopt_edu.federated.strategy import STRATEGIES, FedOpt, FedProx, Strategy
 from torchopt_edu.optim import resolve_optimizer, valid_names
 
-SERVER_OPTIMIZER_STRATEGIES = ("fedopt", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+SERVER_OPTIMIZER_STRATEGIES = ("fedopt", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold")
 HEADER = (
     f"{'round':>5} {'clients':>7} {'samples':>7} {'train loss':>10} {'test loss':>9} "
     f"{'test acc':>8} {'time s':>7}"
@@ -54,7 +76,14 @@ PARTITION_OPTIONS = {
     "shards_per_client": ("shards", 2),
     "beta": ("quantity", 0.5),
 }
-STRATEGY_OPTIONS = {"mu": ("fedprox", 0.01)}
+STRATEGY_OPTIONS = {
+    "mu": ("fedprox", 0.01),
+    "trim_beta": ("fedtrimmedavg", 0.2),
+    "malicious": ("krum", 0),
+    "keep": ("krum", 0),
+}
+ALL_STRATEGIES = [*STRATEGIES, "fedopt", "fedmedian", "fedtrimmedavg", "krum", "scaffold"]
+CHECKPOINT = "checkpoint.pt"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -106,10 +135,84 @@ def build_parser() -> _common.Parser:
         "--beta", type=positive_float, help="size skew of --partition quantity (default 0.5)"
     )
     parser.add_argument(
-        "--strategy", choices=[*STRATEGIES, "fedopt"], default="fedavg", help="server strategy"
+        "--strategy", choices=ALL_STRATEGIES, default="fedavg", help="server strategy"
     )
     parser.add_argument(
         "--mu", type=non_negative_float, help="proximal weight of --strategy fedprox (default 0.01)"
+    )
+    parser.add_argument(
+        "--trim-beta",
+        type=non_negative_float,
+        help="share cut at each end by --strategy fedtrimmedavg (default 0.2)",
+    )
+    parser.add_argument(
+        "--malicious", type=non_negative_int, help="Krum's f, malicious clients (default 0)"
+    )
+    parser.add_argument(
+        "--keep",
+        type=non_negative_int,
+        help="Multi-Krum: average the KEEP best (default 0: Krum, one model)",
+    )
+    parser.add_argument(
+        "--clip-norm", type=positive_float, help="clip every update to this L2 norm first"
+    )
+    parser.add_argument(
+        "--dp-noise", type=non_negative_float, help="DP-FedAvg noise multiplier z (needs --dp-clip)"
+    )
+    parser.add_argument("--dp-clip", type=positive_float, help="DP-FedAvg clipping norm S")
+    parser.add_argument("--dp-delta", type=positive_float, default=1e-5, help="DP delta")
+    parser.add_argument(
+        "--compress", choices=["topk", "qsgd"], help="compress the uploaded updates"
+    )
+    parser.add_argument(
+        "--compress-ratio", type=fraction, default=0.01, help="share kept by --compress topk"
+    )
+    parser.add_argument(
+        "--compress-bits", type=positive_int, default=8, help="bits of --compress qsgd"
+    )
+    parser.add_argument(
+        "--error-feedback",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep what the code dropped for the next round (default: topk yes, qsgd no)",
+    )
+    parser.add_argument("--attack", choices=ATTACKS, help="attack by --attack-fraction clients")
+    parser.add_argument(
+        "--attack-fraction", type=fraction, default=0.2, help="share of malicious clients"
+    )
+    parser.add_argument(
+        "--attack-scale", type=positive_float, help="strength of --attack (default: its own)"
+    )
+    parser.add_argument(
+        "--dropout", type=non_negative_float, default=0.0, help="P(a sampled client drops out)"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=positive_float,
+        help="cut clients slower than this many local steps of a typical client",
+    )
+    parser.add_argument(
+        "--min-replies", type=positive_int, default=1, help="skip rounds with fewer updates"
+    )
+    parser.add_argument(
+        "--on-client-error",
+        choices=["skip", "raise"],
+        default="skip",
+        help="a client whose training raises is skipped (and recorded) or stops the run",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=0,
+        help=f"save the server state to OUT/{CHECKPOINT} every N rounds (0: never)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue from OUT/{CHECKPOINT} up to --rounds rounds in all",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, help="torch threads per process (default: by model size)"
     )
     parser.add_argument(
         "--server-optimizer",
@@ -124,6 +227,18 @@ def build_parser() -> _common.Parser:
     )
     parser.add_argument(
         "--workers", type=positive_int, default=1, help="torch.distributed (gloo) processes"
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=["spawn", "torchrun"],
+        default="spawn",
+        help="spawn --workers local processes, or be one rank of a torchrun launch",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=60.0,
+        help="seconds a worker waits for the others before the run stops",
     )
     _common.add_common(parser, out="runs/federated", device="cpu")
     return parser
@@ -161,6 +276,33 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--server-lr: --strategy {args.strategy} has no server optimizer")
     if args.workers > 1 and args.device.type != "cpu":
         parser.error(f"--workers {args.workers} runs gloo on the CPU; use --device cpu")
+    _check_extras(parser, args)
+
+
+def _check_extras(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse combinations of the robustness, privacy, compression and fault options that
+    cannot work together."""
+    if args.launcher == "torchrun" and args.workers > 1:
+        parser.error("--launcher torchrun: torchrun starts the processes; drop --workers")
+    if args.launcher == "torchrun" and "RANK" not in os.environ:
+        parser.error("--launcher torchrun: run under torchrun (RANK is not set)")
+    if args.trim_beta is not None and not args.trim_beta < 0.5:
+        parser.error(f"argument --trim-beta: must be < 0.5, got {args.trim_beta}")
+    if (args.dp_noise is None) != (args.dp_clip is None):
+        parser.error("--dp-noise and --dp-clip go together (DP-FedAvg needs both)")
+    if args.dp_noise is not None and args.clip_norm is not None:
+        parser.error("--clip-norm: DP-FedAvg clips to --dp-clip already")
+    if not args.dropout < 1:
+        parser.error(f"argument --dropout: must be < 1, got {args.dropout}")
+    for name in ("compress_ratio", "compress_bits", "error_feedback"):
+        if args.compress is None and getattr(args, name) not in (None, parser.get_default(name)):
+            parser.error(f"argument {_option(name)}: applies to --compress")
+    if args.compress_bits < 2 or args.compress_bits > 16:
+        parser.error(f"argument --compress-bits: must lie in [2, 16], got {args.compress_bits}")
+    if args.attack is None and args.attack_scale is not None:
+        parser.error("argument --attack-scale: applies to --attack")
+    if args.resume and args.checkpoint_every == 0:
+        args.checkpoint_every = 1  # a resumed run goes on saving
 
 
 def _check_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace, samples: int) -> None:
@@ -184,8 +326,35 @@ def build_strategy(args: argparse.Namespace) -> Strategy:
     ``--server-lr`` overrides the learning rate of the strategy's server optimizer; ``fedopt``
     needs it (``ValueError`` without it), ``fedprox`` without ``--mu`` uses ``mu = 0.01``.
     """
+    strategy = _base_strategy(args)
+    if args.clip_norm is not None:
+        strategy = ClipUpdates(strategy, args.clip_norm)
+    if args.dp_noise is not None:
+        from torchopt_edu.federated.privacy import DPFedAvg
+
+        strategy = DPFedAvg(
+            strategy,
+            clip_norm=args.dp_clip,
+            noise_multiplier=args.dp_noise,
+            sample_rate=args.fraction,
+            delta=args.dp_delta,
+            seed=args.seed,
+        )
+    return strategy
+
+
+def _base_strategy(args: argparse.Namespace) -> Strategy:
+    """The strategy of ``--strategy`` before clipping or privacy wrap it."""
+    robust: dict[str, Callable[[], Strategy]] = {
+        "fedmedian": FedMedian,
+        "fedtrimmedavg": lambda: FedTrimmedAvg(_value(args, "trim_beta")),
+        "krum": lambda: Krum(_value(args, "malicious"), _value(args, "keep")),
+        "scaffold": lambda: Scaffold(args.clients, lr=_value(args, "server_lr")),
+    }
+    if args.strategy in robust:
+        return robust[args.strategy]()
     if args.strategy == "fedprox":
-        return FedProx(STRATEGY_OPTIONS["mu"][1] if args.mu is None else args.mu)
+        return FedProx(_value(args, "mu"))
     if args.strategy == "fedopt":
         if args.server_lr is None:
             raise ValueError("--strategy fedopt needs --server-lr")
@@ -193,6 +362,27 @@ def build_strategy(args: argparse.Namespace) -> Strategy:
         return FedOpt(functools.partial(optimizer_class, lr=args.server_lr))
     lr = {} if args.server_lr is None else {"lr": args.server_lr}
     return STRATEGIES[args.strategy](**lr)
+
+
+def _value(args: argparse.Namespace, name: str) -> Any:
+    """``--name``'s value, or its default where the option applies (SCAFFOLD's server
+    learning rate: 1)."""
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    return 1.0 if name == "server_lr" else STRATEGY_OPTIONS[name][1]
+
+
+def build_compressor(args: argparse.Namespace) -> Any:
+    """The compressor of ``--compress`` (``None`` without it)."""
+    if args.compress is None:
+        return None
+    from torchopt_edu.federated.compression import QSGD, TopK
+
+    feedback = {} if args.error_feedback is None else {"error_feedback": args.error_feedback}
+    if args.compress == "topk":
+        return TopK(args.compress_ratio, **feedback)
+    return QSGD(args.compress_bits, seed=args.seed, **feedback)
 
 
 def _partition(args: argparse.Namespace, labels: torch.Tensor) -> list[torch.Tensor]:
@@ -229,14 +419,19 @@ def save_history(history: Sequence[Record], directory: Path) -> tuple[Path, Path
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
         for record in history:
-            row = dict(record)
-            row["rejected"] = " ".join(str(k) for k in record.get("rejected", []))
+            row = {
+                key: " ".join(str(k) for k in value) if isinstance(value, list) else value
+                for key, value in record.items()
+            }  # client-id lists (rejected, failed, dropped, late) as "3 7"
             writer.writerow(row)
     return csv_path, json_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the simulation described by ``argv``; return 0 (usage errors exit 2 up front)."""
+    """Run the simulation described by ``argv``; return 0 (usage errors exit 2 up front).
+
+    Under ``--launcher torchrun`` every rank runs this; only rank 0 prints and saves.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
@@ -244,7 +439,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         _common.require_matplotlib(parser)
     _common.check_outputs(parser, folders=[("--out", args.out)], files=[("--json", args.json)])
-    device = args.device
+    checkpoint = args.out / CHECKPOINT
+    if args.resume and not checkpoint.exists():
+        parser.error(f"argument --resume: no checkpoint at {checkpoint}")
+    if args.launcher == "torchrun":
+        return _main_torchrun(parser, args)
+    return _run(parser, args, args.device)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: torch.device) -> int:
+    """Build the experiment, run it (here, over spawned workers or as one torchrun rank),
+    print and save on the reporting process."""
     x_train, y_train, x_test, y_test = load_digits_split(seed=args.seed, device=device)
     _check_sizes(parser, args, len(y_train))
     partition = _partition(args, y_train)
@@ -262,25 +467,73 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\n{strategy!r}, {args.optimizer} lr {args.lr} on the clients\n{HEADER}")
     options: dict[str, Any] = dict(
-        test_set=(x_test, y_test), fraction=args.fraction, seed=args.seed, on_invalid="skip"
+        test_set=(x_test, y_test),
+        fraction=args.fraction,
+        seed=args.seed,
+        on_invalid="skip",
+        on_client_error=args.on_client_error,
+        compressor=build_compressor(args),
+        attack=None
+        if args.attack is None
+        else Attack(args.attack, args.attack_fraction, args.attack_scale),
+        faults=Faults(dropout=args.dropout, deadline=args.deadline, min_replies=args.min_replies),
+        threads=args.threads,
+        checkpoint=args.out / CHECKPOINT if args.checkpoint_every else None,
+        checkpoint_every=max(1, args.checkpoint_every),
     )
+    try:
+        history = _simulate(args, model, clients, strategy, train, options)
+    except CheckpointError as error:
+        parser.error(f"argument --resume: {error}")
+    if not history or (args.launcher == "torchrun" and _rank() != 0):
+        return 0
+    _report(args, history, strategy)
+    return 0
+
+
+def _simulate(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    clients: list[Any],
+    strategy: Strategy,
+    train: LocalTraining,
+    options: dict[str, Any],
+) -> list[Record]:
+    """The rounds up to ``--rounds`` in all, by the chosen launcher."""
+    if args.launcher == "torchrun":
+        from torchopt_edu.federated.distributed import DistributedSimulation, run_rounds
+
+        simulation: Simulation = DistributedSimulation(model, clients, strategy, train, **options)
+        if args.resume:
+            simulation.load_checkpoint()
+        return run_rounds(simulation, args.rounds, log=print_row)
     if args.workers > 1:
         from torchopt_edu.federated.distributed import run_distributed
 
-        history = run_distributed(
+        return run_distributed(
             model,
             clients,
             strategy,
             train,
             args.rounds,
             world_size=args.workers,
-            progress=not args.no_progress,
             log=print_row,
+            timeout=args.timeout,
+            resume=args.resume,
             **options,
         )
-    else:
-        simulation = Simulation(model, clients, strategy, train, **options)
-        history = simulation.run(args.rounds, progress=not args.no_progress, log=print_row)
+    simulation = Simulation(model, clients, strategy, train, **options)
+    if args.resume:
+        done = simulation.load_checkpoint()
+        print(f"resumed after round {done}")
+    remaining = args.rounds - len(simulation.history)
+    if remaining > 0:
+        simulation.run(remaining, progress=not args.no_progress, log=print_row)
+    return simulation.history
+
+
+def _report(args: argparse.Namespace, history: list[Record], strategy: Strategy) -> None:
+    """Save the history, the configuration and the curve; print where they went."""
     csv_path, _ = save_history(history, args.out)
     config = {
         key: str(value) if isinstance(value, (Path, torch.device)) else value
@@ -299,4 +552,24 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title(f"{args.partition} partition, {args.clients} clients")
         path = _common.save_figure(ax.figure, args.out / "accuracy.png")
         print(f"accuracy curve in {path}")
-    return 0
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _main_torchrun(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """One rank of a torchrun launch: join the group (NCCL with ``--device cuda``, else gloo),
+    run, leave; ranks other than 0 print nothing."""
+    import torch.distributed as dist
+
+    from torchopt_edu.federated.distributed import init_from_env
+
+    backend = "nccl" if args.device.type == "cuda" else "gloo"
+    device = init_from_env(backend, timeout=args.timeout)
+    quiet = contextlib.redirect_stdout(io.StringIO()) if _rank() != 0 else contextlib.nullcontext()
+    try:
+        with quiet:
+            return _run(parser, args, device)
+    finally:
+        dist.destroy_process_group()
