@@ -9,7 +9,7 @@ round. Two codes:
   Heafield 2017; Lin et al. 2018, "Deep Gradient Compression") and sends them as ``k`` values
   and ``k`` int32 indices;
 * :class:`QSGD` quantises each bucket ``v`` of ``bucket_size`` entries stochastically to
-  ``s = 2^(bits-1) - 1`` levels of ``||v||_2`` (Alistarh et al. 2017, "QSGD"):
+  ``s = 2^(bits-1) - 1`` levels of ``||v||_2`` (Alistarh et al. 2017, "QSGD")::
 
       Q(v_i) = ||v|| sign(v_i) (l + xi) / s,  l = floor(s |v_i| / ||v||),
       xi ~ Bernoulli(s |v_i| / ||v|| - l)
@@ -19,7 +19,7 @@ round. Two codes:
 
 Error feedback (Seide et al. 2014; Stich, Cordonnier and Jaggi 2018; Karimireddy et al. 2019,
 "Error Feedback Fixes SignSGD"): each client keeps what its code dropped and adds it to its
-next update,
+next update::
 
     c = u_k + e_k,   sent = C(c),   e_k <- c - sent
 

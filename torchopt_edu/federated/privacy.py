@@ -3,10 +3,10 @@
 DP-FedAvg (McMahan, Ramage, Talwar and Zhang 2018, "Learning Differentially Private Recurrent
 Language Models", Algorithm 1 with uniform client weights) protects each *client's* whole
 contribution. In a round with the ``m`` sampled clients' updates ``u_k = w_k - w^t`` (every
-floating-point state-dict entry, flattened into one vector):
+floating-point state-dict entry, flattened into one vector)::
 
-    u_k' = u_k * min(1, S / ||u_k||_2)                  clip to norm S (``clip_norm``)
-    u    = (sum_k u_k' + N(0, (z S)^2 I)) / m           Gaussian noise, z = ``noise_multiplier``
+    u_k' = u_k * min(1, S / ||u_k||_2)            clip to norm S = clip_norm
+    u    = (sum_k u_k' + N(0, (z S)^2 I)) / m     Gaussian noise, z = noise_multiplier
 
 and the inner strategy takes ``w^t + u`` as the round's average: FedAvg loads it, FedAdam and
 the other server optimizers step on the pseudo-gradient ``-u``. One client changes the clipped
