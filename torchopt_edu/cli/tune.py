@@ -162,6 +162,9 @@ def _compare(args: argparse.Namespace, space: SearchSpace, train: TrainFn, objec
         f"comparing {', '.join(args.compare_samplers)} on {args.task}: seeds {seeds}, "
         f"{args.n_trials} trials each"
     )
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would flood
     comparison = compare_samplers(
         train, space, samplers=args.compare_samplers, seeds=seeds, n_trials=args.n_trials
     )

@@ -2,7 +2,9 @@
 
 Replaces the seed's Bayesian optimisation with scikit-optimize (no longer maintained) by a durable
 Optuna study: a search space as data, TPE sampling, pruning of bad trials from their intermediate
-values, storage in a database file (resume after an interruption, several workers at once).
+values, storage in a database file (resume after an interruption, several workers at once);
+samplers by name (TPE, Gaussian process, CMA-ES, NSGA-II, random) and their comparison
+(:func:`compare_samplers`); population-based training (:func:`population_based_training`).
 Plots need matplotlib (``[viz]``); the digits task and the SVC example need scikit-learn
 (``[data]``); both are imported only when used. For example::
 
@@ -19,7 +21,9 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("torchopt_edu.tuning needs Optuna: pip install torchopt-edu[tune]") from error
 
 from torchopt_edu.optim._checks import MAX_SEED
+from torchopt_edu.tuning.compare import SamplerComparison, compare_samplers, workload_task
 from torchopt_edu.tuning.config import SCHEDULES, OptimizerConfig, Schedule, optimizer_class
+from torchopt_edu.tuning.pbt import Member, PBTResult, population_based_training
 from torchopt_edu.tuning.plots import param_importances, plot_history, plot_importance
 from torchopt_edu.tuning.space import (
     DEFAULT_OPTIMIZER_SPACES,
@@ -67,11 +71,14 @@ __all__ = [
     "IntUniform",
     "LogUniform",
     "MAX_SEED",
+    "Member",
     "NoCompletedTrialError",
     "OptimizerConfig",
+    "PBTResult",
     "Report",
     "SAMPLERS",
     "SCHEDULES",
+    "SamplerComparison",
     "Schedule",
     "SearchRun",
     "SearchSpace",
@@ -83,6 +90,7 @@ __all__ = [
     "Uniform",
     "accuracy",
     "best_config",
+    "compare_samplers",
     "counted_trials",
     "default_optimizer_space",
     "default_schedule_space",
@@ -98,8 +106,10 @@ __all__ = [
     "param_importances",
     "plot_history",
     "plot_importance",
+    "population_based_training",
     "quadratic_task",
     "supervised_task",
     "svc_iris_search",
     "tune",
+    "workload_task",
 ]

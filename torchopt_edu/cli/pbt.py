@@ -1,0 +1,180 @@
+"""``torchopt-edu pbt``: population-based training of an optimizer's hyper-parameters.
+
+    torchopt-edu pbt --workload digits_mlp --optimizer adam --population 8 --rounds 12
+    torchopt-edu pbt --workload digits_mlp --compare-seeds 3      # PBT vs TPE and random search
+
+The population is saved to ``<out>/population.pt`` after every round: stop the run with Ctrl+C
+and run the same command again to resume it. Prints each round's best and mean score, and the
+best member's final hyper-parameters; saves every member's hyper-parameter schedule to
+``<out>/schedules.json`` and plots it (``<out>/schedules.png``). ``--compare-seeds N`` instead
+runs PBT, TPE and random search at equal compute (``population`` trials of ``rounds * interval``
+steps) with seeds ``--seed .. --seed + N - 1`` and prints the best validation score of each.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torchopt_edu.cli import _argtypes, _common
+from torchopt_edu.cli._optimizers import optimizer_name
+
+if TYPE_CHECKING:
+    from torchopt_edu.tuning.pbt import Member, PBTResult
+
+PROG = "torchopt-edu pbt"
+
+
+def build_parser() -> _common.Parser:
+    """The argument parser of ``torchopt-edu pbt``."""
+    from torchopt_edu.benchmark.workloads import WORKLOADS
+
+    parser = _common.Parser(
+        prog=PROG, description="Population-based training (Jaderberg et al. 2017)."
+    )
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="digits_mlp")
+    parser.add_argument(
+        "--optimizer",
+        type=optimizer_name(closure=False),
+        default="adam",
+        help="the optimizer of every member; its default search space is explored",
+    )
+    for flag, default, what in (
+        ("--population", 8, "members"),
+        ("--interval", 50, "training steps per round"),
+        ("--rounds", 12, "rounds (a resumed run trains until it has this many)"),
+        ("--workers", 2, "training processes (0: this process)"),
+    ):
+        convert = _argtypes.non_negative_int if flag == "--workers" else _argtypes.positive_int
+        parser.add_argument(flag, type=convert, default=default, help=f"{what} (default {default})")
+    parser.add_argument(
+        "--compare-seeds",
+        type=_argtypes.positive_int,
+        default=None,
+        metavar="N",
+        help="compare PBT with TPE and random search at equal compute over N seeds",
+    )
+    _common.add_common(parser, out="runs/pbt", device=None)
+    return parser
+
+
+def _round_line(round_: int, members: list[Member]) -> str:
+    scores = [m.score for m in members]
+    copies = sum(m.copied_from is not None for m in members)
+    finite = [s for s in scores if s == s]
+    best = max(finite) if finite else float("nan")
+    mean = statistics.fmean(finite) if finite else float("nan")
+    return f"round {round_ + 1}: best {best:.4f}, mean {mean:.4f}, {copies} members had copied"
+
+
+def _plot(result: PBTResult, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    names = list(result.members[0].hyperparameters)
+    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        for member in result.members:
+            steps = [0] + [entry["steps"] for entry in member.schedule]
+            values = [entry["hyperparameters"][name] for entry in member.schedule]
+            if isinstance(values[0], tuple):
+                values = [value[-1] for value in values]
+                name_shown = f"{name}[-1]"
+            else:
+                name_shown = name
+            axis.step(steps, values + values[-1:], where="post", alpha=0.7)
+            axis.set(xlabel="training step", ylabel=name_shown, title=name_shown)
+        if name in ("lr", "weight_decay"):
+            axis.set_yscale("log")
+    figure.suptitle(f"PBT schedules: {result.optimizer_name} on each member")
+    figure.tight_layout()
+    return _common.save_figure(figure, path)
+
+
+def _compare(args: Any) -> int:
+    from torchopt_edu.tuning.pbt import pbt_against_search
+
+    rows: dict[str, list[float]] = {}
+    for seed in range(args.seed, args.seed + args.compare_seeds):
+        scores = pbt_against_search(
+            args.workload,
+            args.optimizer,
+            population=args.population,
+            interval=args.interval,
+            rounds=args.rounds,
+            workers=args.workers,
+            seed=seed,
+        )
+        print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        for method, score in scores.items():
+            rows.setdefault(method, []).append(score)
+    steps = args.population * args.rounds * args.interval
+    print(f"\nbest validation score at {steps} training steps per method:")
+    print("| method | mean | std | per seed |\n|---|---:|---:|---|")
+    for method, scores in rows.items():
+        spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        shown = ", ".join(f"{s:.4f}" for s in scores)
+        print(f"| {method} | {statistics.fmean(scores):.4f} | {spread:.4f} | {shown} |")
+    if args.json is not None:
+        print(f"results written to {_common.write_json(args.json, rows)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``torchopt-edu pbt`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.population < 2:
+        parser.error(f"argument --population: must be an integer >= 2, got {args.population}")
+    if not args.no_plot:
+        _common.require_matplotlib(parser)
+    _common.check_outputs(parser, folders=[("--out", args.out)], files=[("--json", args.json)])
+    if args.compare_seeds is not None:
+        return _compare(args)
+
+    from torchopt_edu.tuning.pbt import population_based_training
+
+    checkpoint = Path(args.out) / "population.pt"
+    if checkpoint.exists():
+        print(f"resuming from {checkpoint}")
+    try:
+        result = population_based_training(
+            args.workload,
+            args.optimizer,
+            population=args.population,
+            interval=args.interval,
+            rounds=args.rounds,
+            workers=args.workers,
+            seed=args.seed,
+            checkpoint=checkpoint,
+            on_round=lambda round_, members: print(_round_line(round_, members), flush=True),
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the population is saved in {checkpoint}; run again to resume")
+        return 130
+    except ValueError as error:  # a checkpoint of another run, or a damaged one
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    best = result.best
+    print(f"best member #{best.index}: {result.metric} {best.score:.4f}")
+    print(f"  {result.optimizer_name} {best.hyperparameters}")
+    schedules = _common.write_json(Path(args.out) / "schedules.json", result.schedules)
+    print(f"schedules: {schedules}")
+    if args.json is not None:
+        summary = {
+            "best_member": best.index,
+            "best_score": best.score,
+            "metric": result.metric,
+            "best_hyperparameters": best.hyperparameters,
+            "total_steps": result.total_steps,
+        }
+        print(f"results written to {_common.write_json(args.json, summary)}")
+    if not args.no_plot:
+        _common.use_agg()
+        print(f"plot: {_plot(result, Path(args.out) / 'schedules.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
