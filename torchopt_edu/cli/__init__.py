@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gnn": ("torchopt_edu.cli.gnn", "train a GCN on a graph with several optimizers"),
     "federated": ("torchopt_edu.cli.federated", "simulate federated learning on digits"),
     "tune": ("torchopt_edu.cli.tune", "Optuna search over optimizers and hyper-parameters"),
+    "pbt": ("torchopt_edu.cli.pbt", "population-based training of hyper-parameters"),
+    "lr-robustness": (
+        "torchopt_edu.cli.lr_robustness",
+        "which optimizers recover from a bad initial learning rate (digits MLP)",
+    ),
     "benchmark": ("torchopt_edu.cli.benchmark", "which optimizer reaches a target first"),
     "bench-e2e": (
         "torchopt_edu.cli.bench_e2e",
@@ -31,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "federated-bench": (
         "torchopt_edu.cli.federated_bench",
         "federated rounds per second and framework overhead",
+    ),
+    "flower-bench": (
+        "torchopt_edu.cli.flower_bench",
+        "federated rounds per second against Flower's simulation",
     ),
     "learn-optimizer": (
         "torchopt_edu.cli.learn_optimizer",
