@@ -59,9 +59,9 @@ def test_score_is_the_exact_normalised_area_under_the_profile():
 
 def _record(workload, optimizer, study, trial, steps):
     seconds = None if steps is None else steps / 100
-    return TrialResult(
-        TrialKey("external", workload, optimizer, study, trial), {}, 0, steps, seconds
-    )
+    key = TrialKey("external", workload, optimizer, study, trial)
+    cpu_seconds = None if steps is None else steps / 200
+    return TrialResult(key, {}, 0, steps, seconds, cpu_seconds=cpu_seconds)
 
 
 def test_time_to_target_is_the_median_over_studies_of_each_studys_best_trial():
@@ -79,13 +79,14 @@ def test_time_to_target_is_the_median_over_studies_of_each_studys_best_trial():
     ]
     assert time_to_target(records, "steps") == {"w": {"A": 20.0, "B": INF}}
     assert time_to_target(records, "seconds") == {"w": {"A": 0.2, "B": INF}}
+    assert time_to_target(records, "cpu_seconds") == {"w": {"A": 0.1, "B": INF}}
     table = format_table(records, "steps")
     assert "| `A` | 20 | 1.000 | 1/1 |" in table
     assert "| `B` | - | 0.000 | 0/1 |" in table
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="by must be 'seconds' or 'steps', got 'time'"):
+    with pytest.raises(ValueError, match="by must be one of .*'cpu_seconds'.*, got 'time'"):
         time_to_target([_record("w", "A", 0, 0, 1)], "time")
     with pytest.raises(ValueError, match="max_ratio must be > 1, got 1"):
         benchmark_score(performance_ratios(TIMES), max_ratio=1)

@@ -22,6 +22,7 @@ workload); plots need matplotlib (``[viz]``).
 
 from torchopt_edu.benchmark.profiles import (
     MAX_RATIO,
+    MEASURES,
     benchmark_score,
     format_table,
     performance_profile,
@@ -56,6 +57,7 @@ from torchopt_edu.benchmark.workloads import (
 __all__ = [
     "EXTERNAL_OPTIMIZERS",
     "MAX_RATIO",
+    "MEASURES",
     "SBMGCN",
     "SELF_TUNING_OPTIMIZERS",
     "TRACKS",

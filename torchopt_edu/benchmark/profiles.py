@@ -27,15 +27,17 @@ from typing import Literal
 
 from torchopt_edu.benchmark.protocol import TrialResult
 
-Measure = Literal["seconds", "steps"]
+Measure = Literal["seconds", "cpu_seconds", "steps"]
+MEASURES: tuple[Measure, ...] = ("seconds", "cpu_seconds", "steps")
+"""What a time to target can count: training wall seconds, training CPU seconds, or steps."""
 MAX_RATIO = 4.0
 """AlgoPerf's ``r_max``: the largest performance ratio that still earns score."""
 
 
 def _measure(result: TrialResult, by: Measure) -> float:
-    if by not in ("seconds", "steps"):
-        raise ValueError(f"by must be 'seconds' or 'steps', got {by!r}")
-    value = result.seconds if by == "seconds" else result.steps
+    if by not in MEASURES:
+        raise ValueError(f"by must be one of {list(MEASURES)}, got {by!r}")
+    value = getattr(result, by)
     return math.inf if value is None else float(value)
 
 
@@ -120,7 +122,7 @@ def benchmark_score(
 def _cell(value: float, by: Measure) -> str:
     if not math.isfinite(value):
         return "-"
-    return f"{value:.3g}" if by == "seconds" else f"{value:.0f}"
+    return f"{value:.0f}" if by == "steps" else f"{value:.3g}"
 
 
 def format_table(results: Sequence[TrialResult], by: Measure = "seconds") -> str:
@@ -133,7 +135,7 @@ def format_table(results: Sequence[TrialResult], by: Measure = "seconds") -> str
     ratios = performance_ratios(times)
     scores = benchmark_score(ratios)
     workloads = list(times)
-    unit = "s" if by == "seconds" else "steps"
+    unit = {"seconds": "s", "cpu_seconds": "CPU s", "steps": "steps"}[by]
     header = ["optimizer", *(f"{workload} ({unit})" for workload in workloads)]
     lines = [
         "| " + " | ".join([*header, "score", "solved"]) + " |",

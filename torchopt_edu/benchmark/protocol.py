@@ -96,6 +96,8 @@ class TrialResult:
         curve: ``[step, training seconds so far, validation value]`` at every validation.
         steps_run: steps trained (the budget, or fewer if the target was hit or the loss blew up).
         eval_seconds: wall time spent validating (not counted in ``seconds``, as in AlgoPerf).
+        cpu_seconds: the training's CPU time to the target (``time.process_time``), ``None`` for
+            a miss: the cost of the same work without the waits of a shared machine.
         diverged: the training loss became NaN or infinite.
     """
 
@@ -107,6 +109,7 @@ class TrialResult:
     curve: list[list[float]] = field(default_factory=list)
     steps_run: int = 0
     eval_seconds: float = 0.0
+    cpu_seconds: float | None = None
     diverged: bool = False
 
     @property
@@ -228,11 +231,13 @@ def run_trial(
     Step ``k = 1 .. max_steps``: draw a batch, ``loss.backward()``, ``optimizer.step()``; at every
     ``k`` divisible by ``eval_every`` (and at the last step), validate in eval mode (optimizers
     with ``train()``/``eval()`` modes, Schedule-Free, are switched to eval for it) and stop if the
-    target is met. Only training counts towards the time.
+    target is met. Only training counts towards the time, measured as wall time and as the
+    process's CPU time (which, at one torch thread, a busy machine does not inflate).
 
     Returns:
         ``(steps, seconds, details)``: steps and training seconds to the target (``None`` for a
-        miss) and a dict with the ``curve``, ``steps_run``, ``eval_seconds`` and ``diverged``.
+        miss) and a dict with the ``curve``, ``steps_run``, ``eval_seconds``, ``cpu_seconds`` (the
+        training's CPU time to the target, ``None`` for a miss) and ``diverged``.
     """
     train, valid = workload.data
     model = init_model(workload.make_model, seed)
@@ -240,10 +245,10 @@ def run_trial(
     generator = torch.Generator().manual_seed(seed)
     modes = hasattr(optimizer, "train") and hasattr(optimizer, "eval")
     curve: list[list[float]] = []
-    train_seconds = eval_seconds = 0.0
+    train_seconds = train_cpu_seconds = eval_seconds = 0.0
     step, diverged = 0, False
     while step < workload.max_steps:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         model.train()
         batch = workload.sample_batch(train, generator)
         optimizer.zero_grad()
@@ -251,6 +256,7 @@ def run_trial(
         loss.backward()
         optimizer.step()
         train_seconds += time.perf_counter() - start
+        train_cpu_seconds += time.process_time() - start_cpu
         step += 1
         if not math.isfinite(loss.item()):
             diverged = True
@@ -263,9 +269,9 @@ def run_trial(
         curve.append([step, train_seconds, value])
         if workload.reached(value):
             details = {"curve": curve, "steps_run": step, "eval_seconds": eval_seconds}
-            return step, train_seconds, {**details, "diverged": False}
+            return step, train_seconds, {**details, "cpu_seconds": train_cpu_seconds}
     details = {"curve": curve, "steps_run": step, "eval_seconds": eval_seconds}
-    return None, None, {**details, "diverged": diverged}
+    return None, None, {**details, "cpu_seconds": None, "diverged": diverged}
 
 
 @torch.no_grad()

@@ -11,8 +11,9 @@ the learning-rate-free methods' track). Writes under ``--out``:
 - ``trials.json``: every finished trial (configuration, seed, steps and seconds to the target,
   validation curve), rewritten atomically after each trial. Run the same command again after an
   interruption and only the missing trials run;
-- ``results.md``: per track, the time-to-target table in seconds and in steps, with the scores;
-- ``profiles.png``: the performance profiles, per track, by seconds and by steps.
+- ``results.md``: per track, the time-to-target tables in steps, training CPU seconds and wall
+  seconds, with the scores;
+- ``profiles.png``: the performance profiles, per track, by each of the three.
 
 With ``--storage`` (a SQLite file or a ``postgresql://`` URL) the trials live in a database
 instead of ``trials.json``, and any number of workers running the same command share the work.
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from torchopt_edu.benchmark import TrialResult
 
 PROG = "torchopt-edu benchmark"
-FORMAT = 1
+FORMAT = 2
 """Version of ``trials.json``'s layout."""
 QUICK = {"trials": 2, "studies": 1, "optimizers": ["adam", "sgd"], "self_optimizers": ["prodigy"]}
 """What ``--quick`` sets, unless the flag is given."""
@@ -208,8 +209,9 @@ def _report(results_by_track: dict[str, list[TrialResult]], settings: dict[str, 
         )
         sections.append(
             f"### {track} track ({what}; median over {_count(settings['studies'], 'study')})\n\n"
-            f"Training seconds to the target:\n\n{format_table(results, 'seconds')}\n\n"
-            f"Steps to the target:\n\n{format_table(results, 'steps')}\n"
+            f"Steps to the target:\n\n{format_table(results, 'steps')}\n\n"
+            f"Training CPU seconds to the target:\n\n{format_table(results, 'cpu_seconds')}\n\n"
+            f"Training wall seconds to the target:\n\n{format_table(results, 'seconds')}\n"
         )
     return "\n".join(sections)
 
@@ -222,9 +224,9 @@ def _plot(results_by_track: dict[str, list[TrialResult]], path: Path) -> Path:
     from torchopt_edu.benchmark.plots import plot_profiles
 
     rows = len(results_by_track)
-    figure, axes = plt.subplots(rows, 2, figsize=(11, 4.2 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, 3, figsize=(16, 4.2 * rows), squeeze=False)
     for row, (track, results) in enumerate(results_by_track.items()):
-        for column, by in enumerate(("seconds", "steps")):
+        for column, by in enumerate(("steps", "cpu_seconds", "seconds")):
             ratios = performance_ratios(time_to_target(results, by))
             plot_profiles(ratios, title=f"{track} track, by {by}", ax=axes[row][column])
     figure.tight_layout()
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from torchopt_edu.benchmark import (
+        MEASURES,
         benchmark_score,
         performance_ratios,
         plan_trials,
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                     "time_to_target": time_to_target(results, by),
                     "score": benchmark_score(performance_ratios(time_to_target(results, by))),
                 }
-                for by in ("seconds", "steps")
+                for by in MEASURES
             }
             for track, results in results_by_track.items()
         }
