@@ -85,8 +85,16 @@ def test_error_feedback_recovers_the_uncompressed_accuracy_at_one_percent_top_k(
     def run(compressor):
         torch.manual_seed(0)
         train = LocalTraining(functools.partial(SGD, lr=0.3), epochs=1, batch_size=32)
-        simulation = Simulation(MLP(), clients, FedAvg(), train, (x_test, y_test), fraction=1.0,
-                                seed=0, compressor=compressor)  # fmt: skip
+        simulation = Simulation(
+            MLP(),
+            clients,
+            FedAvg(),
+            train,
+            (x_test, y_test),
+            fraction=1.0,
+            seed=0,
+            compressor=compressor,
+        )
         return simulation.run(40, progress=False)[-1]
 
     plain, feedback, dropped = run(None), run(TopK(0.01)), run(TopK(0.01, error_feedback=False))

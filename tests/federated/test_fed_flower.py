@@ -53,11 +53,17 @@ def assert_same_model(flower: dict[str, torch.Tensor], built_in: dict[str, torch
 def test_experiment_checks_its_arguments():
     experiment = digits_experiment({"num-clients": 2})
     with pytest.raises(ValueError, match="fraction must be in"):
-        Experiment(experiment.model, experiment.clients, experiment.strategy, experiment.train,
-                   fraction=1.5)  # fmt: skip
+        Experiment(
+            experiment.model,
+            experiment.clients,
+            experiment.strategy,
+            experiment.train,
+            fraction=1.5,
+        )
     with pytest.raises(ValueError, match="rounds must be an integer"):
-        Experiment(experiment.model, experiment.clients, experiment.strategy, experiment.train,
-                   rounds=0)  # fmt: skip
+        Experiment(
+            experiment.model, experiment.clients, experiment.strategy, experiment.train, rounds=0
+        )
 
 
 def test_flower_simulation_gives_the_built_in_model():
@@ -65,8 +71,14 @@ def test_flower_simulation_gives_the_built_in_model():
     # half of the clients per round: the server asks the nodes their partitions (query
     # messages) and samples the clients the built-in simulation samples; FedAdam's server
     # optimizer runs on the Flower server
-    config = {"num-clients": 4, "fraction": 0.5, "rounds": 2, "strategy": "fedadam",
-              "batch-size": 32, "alpha": 0.5}  # fmt: skip
+    config = {
+        "num-clients": 4,
+        "fraction": 0.5,
+        "rounds": 2,
+        "strategy": "fedadam",
+        "batch-size": 32,
+        "alpha": 0.5,
+    }
     model, history = run_flower_simulation(lambda run_config: digits_experiment(config))
     expected_state, expected_history = simulate(config)
     assert_same_model(model.state_dict(), expected_state)
@@ -116,44 +128,76 @@ def test_flower_deployment_gives_the_built_in_model(tmp_path):
         f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
     )
     env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    logs = tmp_path / "logs"
-    logs.mkdir()
 
-    def start(name: str, *args: str) -> subprocess.Popen:
-        log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        return subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-
-    processes = []
+    link = ["flower-superlink", "--insecure", "--port", str(link_port)]
+    link += ["--database", ":flwr-in-memory:", "--disable-runtime-dependency-installation"]
+    commands = {"superlink": link}
+    for cid in range(2):
+        commands[f"supernode{cid}"] = [
+            "flower-supernode",
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{link_port}",
+            "--port",
+            str(free_port()),
+            "--node-config",
+            f"partition-id={cid} num-partitions=2",
+        ]
+    config = {"num-clients": 2, "rounds": 2, "strategy": "fedadam", "batch-size": 32, "seed": 0}
+    out = tmp_path / "result.pt"
+    overrides = " ".join(f"{key}={value!r}" for key, value in config.items())  # TOML values
+    processes, logs = [], []
     try:
-        processes.append(
-            start("superlink", "flower-superlink", "--insecure", "--port", str(link_port),
-                  "--database", ":flwr-in-memory:", "--disable-runtime-dependency-installation")
-        )  # fmt: skip
-        wait_for_port(link_port, processes[0])
-        for cid in range(2):
+        for name, command in commands.items():
+            logs.append(open(tmp_path / f"{name}.log", "w"))  # noqa: SIM115 - closed below
             processes.append(
-                start(f"supernode{cid}", "flower-supernode", "--insecure", "--superlink",
-                      f"127.0.0.1:{link_port}", "--port", str(free_port()), "--node-config",
-                      f"partition-id={cid} num-partitions=2")
-            )  # fmt: skip
-        config = {"num-clients": 2, "rounds": 2, "strategy": "fedadam", "batch-size": 32,
-                  "fraction": 1.0, "seed": 0}  # fmt: skip
-        out = tmp_path / "result.pt"
-        overrides = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-                             for k, v in config.items())  # fmt: skip
+                subprocess.Popen(
+                    [str(BIN / command[0]), *command[1:]],
+                    env=env,
+                    stdout=logs[-1],
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group, stopped as one
+                )
+            )
+            if name == "superlink":
+                wait_for_port(link_port, processes[0])
         run = subprocess.run(
-            [str(BIN / "flwr"), "run", str(APP), "local-deployment", "--stream",
-             "--run-config", f'{overrides} out="{out}"'],
-            env=env, capture_output=True, text=True, timeout=240,
-        )  # fmt: skip
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert out.exists(), run.stdout + run.stderr
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(APP),
+                "local-deployment",
+                "--stream",
+                "--run-config",
+                f'{overrides} out="{out}"',
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     finally:
         stop(processes)
+        for log in logs:
+            log.close()
+    report = (
+        run.stdout
+        + run.stderr
+        + "".join((tmp_path / f"{name}.log").read_text() for name in commands)
+    )
+    assert run.returncode == 0 and out.exists(), report
     saved = torch.load(out, weights_only=True)
     expected_state, expected_history = simulate(config)
     assert_same_model(saved["model"], expected_state)
     assert [r["test_accuracy"] for r in saved["history"]] == [
         r["test_accuracy"] for r in expected_history
     ]
+
+
+def test_flower_bench_refuses_a_warmup_as_long_as_the_run(capsys):
+    from torchopt_edu.cli.flower_bench import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--rounds", "2", "--warmup", "2"])
+    assert exit_.value.code == 2
+    assert "--warmup (2) must be below --rounds (2)" in capsys.readouterr().err

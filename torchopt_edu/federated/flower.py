@@ -469,9 +469,15 @@ def compare_with_flower(run_config: RunConfig, warmup: int = 2) -> dict[str, Any
     if not 0 <= warmup < rounds:
         raise ValueError(f"warmup must be in [0, rounds - 1] = [0, {rounds - 1}], got {warmup}")
     experiment = digits_experiment(run_config)
-    simulation = Simulation(experiment.model, experiment.clients, experiment.strategy,
-                            experiment.train, experiment.test_set, fraction=experiment.fraction,
-                            seed=experiment.seed)  # fmt: skip
+    simulation = Simulation(
+        experiment.model,
+        experiment.clients,
+        experiment.strategy,
+        experiment.train,
+        experiment.test_set,
+        fraction=experiment.fraction,
+        seed=experiment.seed,
+    )
     ours = simulation.run(rounds, progress=False)
     _, theirs = run_flower_simulation(lambda _: digits_experiment(run_config))
 
