@@ -17,9 +17,10 @@ import torch
 pytest.importorskip("flwr", reason="Flower is an optional extra: pip install torchopt-edu[fed]")
 pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
 
-from torchopt_edu.federated import Simulation  # noqa: E402
+from torchopt_edu.federated import ClipUpdates, Scaffold, Simulation  # noqa: E402
 from torchopt_edu.federated.flower import (  # noqa: E402
     Experiment,
+    FlowerStrategy,
     digits_experiment,
     run_flower_simulation,
 )
@@ -64,6 +65,12 @@ def test_experiment_checks_its_arguments():
         Experiment(
             experiment.model, experiment.clients, experiment.strategy, experiment.train, rounds=0
         )
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        digits_experiment({"strategy": "fedmedain"})
+    # SCAFFOLD's per-client control variates are not sent through Flower: refused, not ignored
+    experiment.strategy = ClipUpdates(Scaffold(num_clients=2), max_norm=1.0)
+    with pytest.raises(NotImplementedError, match="Scaffold configures each client"):
+        FlowerStrategy(experiment)
 
 
 def test_flower_simulation_gives_the_built_in_model():

@@ -8,9 +8,9 @@ and three adapters hand it to Flower (``pip install "torchopt-edu[fed]"``; Flowe
 
 * :class:`FlowerStrategy`, a ``flwr.serverapp.strategy.Strategy``: it samples the clients that
   :class:`~torchopt_edu.federated.simulation.Simulation` samples (by client id, not Flower's
-  random node id), sends each the global model and its seed, and lets this package's strategy
-  (FedAvg, FedProx, FedAdam, ... with its server optimizer) form the new global model from the
-  replies;
+  random node id), sends each the global model and the seed from which it derives its own, and
+  lets this package's strategy (FedAvg, FedProx, FedAdam, DPFedAvg, ... with its server
+  optimizer) form the new global model from the replies;
 * :func:`server_app`, a ``ServerApp`` that runs the strategy for ``rounds`` rounds and
   evaluates the global model on the experiment's test set after each;
 * :func:`client_app`, a ``ClientApp`` whose ``train`` runs
@@ -58,7 +58,7 @@ from torchopt_edu.federated.simulation import (
     sample_clients,
     screen,
 )
-from torchopt_edu.federated.strategy import STRATEGIES, Strategy
+from torchopt_edu.federated.strategy import STRATEGIES, Strategy, StrategyWrapper
 from torchopt_edu.optim import SGD
 from torchopt_edu.optim._checks import is_real
 
@@ -145,10 +145,24 @@ class FlowerStrategy(_FlowerStrategyBase):
     does) and let ``experiment.strategy.aggregate_fit`` update ``experiment.model``. Federated
     evaluation is not used; the ``ServerApp`` evaluates on the test set.
 
-    ``history`` gets one record per round with the keys of ``Simulation``'s records.
+    ``history`` gets one record per round with the keys of ``Simulation``'s records (and the
+    strategy's round metrics, such as DPFedAvg's ``epsilon``, also sent to Flower's log).
+
+    Scope: the clients' training is configured per round, not per client, so a strategy that
+    configures each client (SCAFFOLD's control variates) is refused with ``NotImplementedError``;
+    the simulation's compressors, attacks and faults are not part of a Flower run.
     """
 
     def __init__(self, experiment: Experiment, timeout: float = 600.0) -> None:
+        inner = experiment.strategy
+        while isinstance(inner, StrategyWrapper):
+            inner = inner.strategy
+        if type(inner).configure_client is not Strategy.configure_client:
+            raise NotImplementedError(
+                f"{type(inner).__name__} configures each client's training (SCAFFOLD's control "
+                "variates), which this adapter does not send through Flower; run it with "
+                "Simulation or the torch.distributed backend"
+            )
         self.experiment = experiment
         self.timeout = timeout
         self.nodes: dict[int, int] = {}  # client id -> Flower node id
@@ -269,8 +283,7 @@ class FlowerStrategy(_FlowerStrategyBase):
             warnings.warn(f"SuperNode {node} failed: {reason}", RuntimeWarning, stacklevel=2)
         for error in errors:
             warnings.warn(f"rejected update: {error}", RuntimeWarning, stacklevel=2)
-        if accepted:
-            self.experiment.strategy.aggregate_fit(model, accepted)
+        metrics = self.experiment.strategy.aggregate_fit(model, accepted) if accepted else None
         record: Record = {"round": server_round, "clients": len(results) + len(failed)}
         record.update(
             round_summary(
@@ -280,11 +293,12 @@ class FlowerStrategy(_FlowerStrategyBase):
                 errors,
             )
         )
+        record.update(metrics or {})  # a strategy's round metrics (DPFedAvg's epsilon)
         record["round_time_s"] = time.perf_counter() - self._round_start
         self.history.append(record)
-        return ArrayRecord(model.state_dict()), MetricRecord(
-            {"train-loss": record["train_loss"], "samples": record["samples"]}
-        )
+        reported = {"train-loss": record["train_loss"], "samples": record["samples"]}
+        reported.update((k, v) for k, v in (metrics or {}).items() if isinstance(v, int | float))
+        return ArrayRecord(model.state_dict()), MetricRecord(reported)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -403,6 +417,10 @@ def digits_experiment(run_config: RunConfig) -> Experiment:
     ``batch-size`` (10), ``rounds`` (3), ``fraction`` (1.0), ``seed`` (0). The MLP's initial
     weights are drawn from ``seed``, so every process builds the same experiment.
     """
+    name = str(run_config.get("strategy", "fedavg"))
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {name!r}")
+    strategy = STRATEGIES[name]
     num_clients = int(run_config.get("num-clients", 10))
     alpha = float(run_config.get("alpha", 0.0))
     seed = int(run_config.get("seed", 0))
@@ -422,7 +440,7 @@ def digits_experiment(run_config: RunConfig) -> Experiment:
     return Experiment(
         model,
         make_clients(x, y, parts),
-        STRATEGIES[str(run_config.get("strategy", "fedavg"))](),
+        strategy(),
         train,
         rounds=int(run_config.get("rounds", 3)),
         test_set=(x_test, y_test),
