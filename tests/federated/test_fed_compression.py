@@ -102,3 +102,41 @@ def test_error_feedback_recovers_the_uncompressed_accuracy_at_one_percent_top_k(
     assert dropped["test_accuracy"] < plain["test_accuracy"] - 0.1
     assert plain["bytes_sent"] == 5 * 2410 * 4
     assert feedback["bytes_sent"] == 5 * 25 * (4 + 4)  # k = ceil(0.01 * 2410) = 25
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_bit_identical(digits, tmp_path):
+    """The error memory (and QSGD's rounding counters, DPFedAvg's noise round and budget) go
+    into Simulation's checkpoint: killed after round 2 and resumed, round 3 is the same."""
+    pytest.importorskip("opacus", reason="DPFedAvg's budget is Opacus's")
+    from torchopt_edu.federated import DPFedAvg, FedAdam
+
+    x, y, x_test, y_test = digits
+    clients = make_clients(x, y, iid_partition(len(y), 10, seed=0))
+
+    def simulation(path):
+        torch.manual_seed(0)
+        strategy = DPFedAvg(FedAdam(), clip_norm=0.5, noise_multiplier=1.0, sample_rate=0.3)
+        train = LocalTraining(functools.partial(SGD, lr=0.3), epochs=1, batch_size=32)
+        compressor = QSGD(error_feedback=True, seed=4)
+        return Simulation(
+            MLP(),
+            clients,
+            strategy,
+            train,
+            (x_test, y_test),
+            fraction=0.3,
+            seed=0,
+            compressor=compressor,
+            checkpoint=path,
+        )
+
+    whole = simulation(tmp_path / "whole.pt")
+    whole.run(3, progress=False)
+    simulation(tmp_path / "part.pt").run(2, progress=False)
+    resumed = simulation(tmp_path / "part.pt")
+    resumed.load_checkpoint()
+    resumed.run(1, progress=False)
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    assert resumed.history[-1]["epsilon"] == whole.history[-1]["epsilon"]
+    assert resumed.history[-1]["bytes_sent"] == whole.history[-1]["bytes_sent"]
