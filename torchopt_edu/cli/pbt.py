@@ -93,8 +93,11 @@ def _plot(result: PBTResult, path: Path) -> Path:
 
 
 def _compare(args: Any) -> int:
+    import optuna
+
     from torchopt_edu.tuning.pbt import pbt_against_search
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would flood
     rows: dict[str, list[float]] = {}
     for seed in range(args.seed, args.seed + args.compare_seeds):
         scores = pbt_against_search(
