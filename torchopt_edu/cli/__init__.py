@@ -41,10 +41,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "torchopt_edu.cli.flower_bench",
         "federated rounds per second against Flower's simulation",
     ),
-    "flower-bench": (
-        "torchopt_edu.cli.flower_bench",
-        "federated rounds per second against Flower's simulation",
-    ),
     "learn-optimizer": (
         "torchopt_edu.cli.learn_optimizer",
         "meta-train the learned (graph) optimizer with evolution strategies",
