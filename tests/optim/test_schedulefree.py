@@ -10,7 +10,7 @@ import pytest
 import torch
 from optim_cases import assert_close_lists, clone_params, make_params, set_grads
 
-from torchopt_edu.optim import AdamWScheduleFree, SGDScheduleFree
+from torchopt_edu.optim import AdamWScheduleFree, SGDScheduleFree, evaluation_point
 
 schedulefree = pytest.importorskip("schedulefree")
 
@@ -290,3 +290,31 @@ def test_the_fast_paths_in_cache_sized_slices_change_no_number(name, impl, monke
     monkeypatch.setattr(_base, "CACHE_SLICE", 16)  # 3 slices of make_params
     reference, candidate, *_ = _run_both(name, OPTIONS[name][1], impl, torch.float64, 30)
     assert_close_lists(candidate, reference, torch.float64)
+
+
+def test_evaluation_point_holds_the_average_inside_and_the_training_point_after():
+    params = make_params(torch.float64)
+    optimizer = AdamWScheduleFree(params, lr=0.05)
+    for step in range(3):
+        set_grads([params], step)
+        optimizer.step()
+    training_point = clone_params(params)
+    optimizer.eval()
+    average = clone_params(params)
+    optimizer.train()
+    with evaluation_point(optimizer):
+        assert_close_lists(params, average, torch.float64)
+    assert_close_lists(params, training_point, torch.float64)
+    with pytest.raises(KeyError), evaluation_point(optimizer):  # back to training on an error
+        raise KeyError("evaluation failed")
+    assert_close_lists(params, training_point, torch.float64)
+    set_grads([params], 3)
+    optimizer.step()  # in train mode again: the step is allowed
+
+
+def test_evaluation_point_leaves_an_optimizer_without_modes_alone():
+    params = make_params(torch.float64)
+    before = clone_params(params)
+    with evaluation_point(torch.optim.SGD(params, lr=0.1)):
+        assert_close_lists(params, before, torch.float64)
+    assert_close_lists(params, before, torch.float64)

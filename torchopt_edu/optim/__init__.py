@@ -15,7 +15,7 @@ from torchopt_edu.optim.lion import Lion
 from torchopt_edu.optim.muon import Muon
 from torchopt_edu.optim.prodigy import Prodigy
 from torchopt_edu.optim.rmsprop import RMSprop
-from torchopt_edu.optim.schedulefree import AdamWScheduleFree, SGDScheduleFree
+from torchopt_edu.optim.schedulefree import AdamWScheduleFree, SGDScheduleFree, evaluation_point
 from torchopt_edu.optim.sgd import SGD, Momentum
 from torchopt_edu.optim.yogi import Yogi
 
@@ -33,6 +33,7 @@ __all__ = [
     "Muon",
     "SGDScheduleFree",
     "AdamWScheduleFree",
+    "evaluation_point",
     "Prodigy",
     "OPTIMIZERS",
     "resolve_optimizer",

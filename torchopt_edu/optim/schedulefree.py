@@ -56,12 +56,14 @@ there. Save in eval mode, as the reference recommends, and call ``train()`` afte
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 
 from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, Impl
 from torchopt_edu.optim._checks import (
@@ -197,6 +199,30 @@ class _ScheduleFree(EduOptimizer):
             group["lr_max"] = average.lr_max
             group["weight_sum"] = average.weight_sum
         return loss
+
+
+@contextmanager
+def evaluation_point(optimizer: Optimizer) -> Iterator[None]:
+    """Within the block, the parameters hold the point to evaluate; afterwards, training resumes.
+
+    For a Schedule-Free optimizer (any optimizer with ``train()`` and ``eval()`` modes) that
+    is the average ``x`` (``optimizer.eval()`` on entry, ``optimizer.train()`` on exit, also
+    when the block raises); for any other optimizer the parameters already are that point and
+    nothing happens. Training loops that take any optimizer evaluate with::
+
+        with evaluation_point(optimizer):
+            accuracy = evaluate(model)
+    """
+    modes = callable(getattr(optimizer, "eval", None)) and callable(
+        getattr(optimizer, "train", None)
+    )
+    if modes:
+        optimizer.eval()
+    try:
+        yield
+    finally:
+        if modes:
+            optimizer.train()
 
 
 class SGDScheduleFree(_ScheduleFree):
