@@ -18,11 +18,14 @@ print the tables.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -34,75 +37,65 @@ OptimizerFactory = Callable[..., Optimizer]
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """The same algorithm implemented elsewhere: one of torch.optim's paths or a reference package.
+
+    ``requires`` names the package it needs (the reference packages are in the ``dev`` extra
+    only); a baseline whose package is not installed is left out of the run.
+    """
+
+    name: str
+    build: Callable[[list[Tensor]], Optimizer]
+    requires: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """Whether the package this baseline needs is installed."""
+        return self.requires is None or importlib.util.find_spec(self.requires) is not None
+
+
+@dataclass(frozen=True)
 class Algorithm:
-    """One algorithm: how to build ours and torch's, and the traffic of an ideal kernel.
+    """One algorithm: how to build ours and its baselines, and the traffic of an ideal kernel.
 
     ``arrays_moved`` counts full-size float arrays read or written per step by a kernel that
     touches memory once: parameter, gradient and each state tensor read, parameter and each
-    state tensor written (SGD with momentum: p, g, v read + p, v written = 5).
+    state tensor written (SGD with momentum: p, g, v read + p, v written = 5). ``modes`` are our
+    constructions timed (``foreach``: our multi-tensor path, the code before the speed work;
+    ``default``; ``flat``: flat buffers). With ``yardstick``, torch's fused Adam runs alongside:
+    the bar the frontier optimizers, which torch.optim lacks, are held to. ``matrices``: the
+    parameters are square matrices (Muon orthogonalises matrices).
     """
 
     name: str
     ours: OptimizerFactory
-    torch_cls: type[Optimizer]
-    torch_kwargs: dict
-    torch_impls: tuple[str, ...]
+    baselines: tuple[Baseline, ...]
     arrays_moved: int
+    twin: type[Optimizer] | None = None
+    modes: tuple[str, ...] = ("foreach", "default", "flat")
+    yardstick: bool = False
+    matrices: bool = False
 
 
-ALGORITHMS: dict[str, Algorithm] = {
-    a.name: a
-    for a in [
-        Algorithm(
-            "sgd",
-            lambda p, **k: ours.SGD(p, lr=0.01, momentum=0.9, **k),
-            torch.optim.SGD,
-            dict(lr=0.01, momentum=0.9),
-            ("loop", "foreach", "fused"),
-            5,
-        ),
-        Algorithm(
-            "momentum",
-            lambda p, **k: ours.Momentum(p, lr=0.01, beta=0.9, **k),
-            torch.optim.SGD,
-            dict(lr=0.01, momentum=0.9, dampening=0.9),
-            ("loop", "foreach", "fused"),
-            5,
-        ),
-        Algorithm(
-            "adagrad",
-            lambda p, **k: ours.Adagrad(p, **k),
-            torch.optim.Adagrad,
-            {},
-            ("loop", "foreach", "fused"),
-            5,
-        ),
-        Algorithm(
-            "rmsprop",
-            lambda p, **k: ours.RMSprop(p, **k),
-            torch.optim.RMSprop,
-            {},
-            ("loop", "foreach"),
-            5,
-        ),
-        Algorithm(
-            "adam",
-            lambda p, **k: ours.Adam(p, **k),
-            torch.optim.Adam,
-            {},
-            ("loop", "foreach", "fused"),
-            7,
-        ),
-        Algorithm(
-            "adamw",
-            lambda p, **k: ours.AdamW(p, **k),
-            torch.optim.AdamW,
-            {},
-            ("loop", "foreach", "fused"),
-            7,
-        ),
-    ]
-}
+def _torch_paths(
+    cls: type[Optimizer], kwargs: dict, paths: tuple[str, ...] = ("loop", "foreach", "fused")
+) -> tuple[Baseline, ...]:
+    return tuple(
+        Baseline(f"torch {path}", partial(cls, **kwargs, **TORCH_FLAGS[path])) for path in paths
+    )
+
+
+def _reference(name: str, module: str, cls: str, **kwargs: object) -> Baseline:
+    """A reference package's optimizer (imported only when built); Schedule-Free's in train mode."""
+
+    def build(params: list[Tensor]) -> Optimizer:
+        optimizer = getattr(importlib.import_module(module), cls)(params, **kwargs)
+        if hasattr(optimizer, "train"):
+            optimizer.train()
+        return optimizer
+
+    return Baseline(f"ref {name}", build, requires=module.split(".")[0])
+
 
 TORCH_FLAGS = {
     "loop": dict(foreach=False),
@@ -110,9 +103,117 @@ TORCH_FLAGS = {
     "fused": dict(fused=True),
 }
 
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in [
+        Algorithm(
+            "sgd",
+            lambda p, **k: ours.SGD(p, lr=0.01, momentum=0.9, **k),
+            _torch_paths(torch.optim.SGD, dict(lr=0.01, momentum=0.9)),
+            5,
+            twin=torch.optim.SGD,
+        ),
+        Algorithm(
+            "momentum",
+            lambda p, **k: ours.Momentum(p, lr=0.01, beta=0.9, **k),
+            _torch_paths(torch.optim.SGD, dict(lr=0.01, momentum=0.9, dampening=0.9)),
+            5,
+        ),
+        Algorithm(
+            "adagrad",
+            lambda p, **k: ours.Adagrad(p, **k),
+            _torch_paths(torch.optim.Adagrad, {}),
+            5,
+            twin=torch.optim.Adagrad,
+        ),
+        Algorithm(
+            "rmsprop",
+            lambda p, **k: ours.RMSprop(p, **k),
+            _torch_paths(torch.optim.RMSprop, {}, ("loop", "foreach")),
+            5,
+            twin=torch.optim.RMSprop,
+        ),
+        Algorithm(
+            "adam",
+            lambda p, **k: ours.Adam(p, **k),
+            _torch_paths(torch.optim.Adam, {}),
+            7,
+            twin=torch.optim.Adam,
+        ),
+        Algorithm(
+            "adamw",
+            lambda p, **k: ours.AdamW(p, **k),
+            _torch_paths(torch.optim.AdamW, {}),
+            7,
+            twin=torch.optim.AdamW,
+        ),
+        # The frontier: no torch.optim twin (but Muon), so the reference packages of the parity
+        # tests are the baselines, and torch's fused Adam the yardstick.
+        Algorithm("yogi", lambda p, **k: ours.Yogi(p, **k), (), 7, yardstick=True),
+        Algorithm(
+            "lion",
+            lambda p, **k: ours.Lion(p, **k),
+            (
+                _reference("lion-pytorch", "lion_pytorch", "Lion"),
+                _reference("lion-pytorch foreach", "lion_pytorch.foreach", "Lion"),
+            ),
+            5,
+            yardstick=True,
+        ),
+        Algorithm(
+            "sgdschedulefree",
+            lambda p, **k: ours.SGDScheduleFree(p, **k),
+            (_reference("schedulefree", "schedulefree", "SGDScheduleFree"),),
+            5,
+            yardstick=True,
+            modes=("foreach", "default"),  # Schedule-Free and Prodigy have no flat mode
+        ),
+        Algorithm(
+            "adamwschedulefree",
+            lambda p, **k: ours.AdamWScheduleFree(p, **k),
+            (_reference("schedulefree", "schedulefree", "AdamWScheduleFree"),),
+            7,
+            yardstick=True,
+            modes=("foreach", "default"),
+        ),
+        Algorithm(
+            "prodigy",
+            lambda p, **k: ours.Prodigy(p, **k),
+            (_reference("prodigyopt", "prodigyopt", "Prodigy"),),
+            10,  # p, g, p0, m, v, s read; p, m, v, s written
+            yardstick=True,
+            modes=("foreach", "default"),
+        ),
+        Algorithm("sgdhd", lambda p, **k: ours.SGDHD(p, **k), (), 5, yardstick=True),
+        Algorithm("adamhd", lambda p, **k: ours.AdamHD(p, **k), (), 7, yardstick=True),
+        Algorithm(
+            "muon",
+            lambda p, **k: ours.Muon(p, **k),
+            (Baseline("torch loop", torch.optim.Muon),),  # torch's Muon has only a loop
+            5,
+            twin=torch.optim.Muon,
+            modes=("foreach", "default"),
+            matrices=True,
+        ),
+    ]
+}
+
 #: (label, number of tensors, elements per tensor)
 FULL_SHAPES = [("10M/200", 200, 50_000), ("2M/2000", 2000, 1_000), ("20M/20", 20, 1_000_000)]
 QUICK_SHAPES = [("200k/40", 40, 5_000), ("100k/500", 500, 200), ("1M/4", 4, 250_000)]
+
+#: Shapes of the matrix algorithms (Muon): square matrices, smaller because orthogonalising an
+#: n x n matrix costs O(n^3) where an elementwise update costs O(n^2).
+MATRIX_FULL_SHAPES = [("2M/200", 200, 10_000), ("1M/1000", 1000, 1_024), ("1M/16", 16, 65_536)]
+MATRIX_QUICK_SHAPES = [("160k/40", 40, 4_096), ("100k/100", 100, 1_024), ("260k/4", 4, 65_536)]
+
+
+def shapes_for(algorithm: Algorithm, quick: bool) -> list[tuple[str, int, int]]:
+    """The shapes ``algorithm`` is timed on: the full or quick set, matrix sets for Muon."""
+    if algorithm.matrices:
+        return MATRIX_QUICK_SHAPES if quick else MATRIX_FULL_SHAPES
+    return QUICK_SHAPES if quick else FULL_SHAPES
+
 
 #: A row whose step times spread wider than this (interquartile range / median) is too noisy
 #: for its ratio to mean anything: another process took the cores during the run.
@@ -121,16 +222,22 @@ NOISY_SPREAD = 0.25
 
 @dataclass
 class Row:
-    """One benchmark line: one candidate on one shape."""
+    """One benchmark line: one candidate on one shape.
+
+    ``ratio_to_baseline``: time / the fastest baseline's (torch.optim's paths, or the reference
+    packages for algorithms torch lacks); NaN without one. ``ratio_to_fused_adam``: time /
+    torch's fused Adam's, for the algorithms timed against that yardstick; else NaN.
+    """
 
     algorithm: str
     shape: str
     candidate: str
     ms_per_step: float
-    ratio_to_fastest_torch: float
+    ratio_to_baseline: float
     state_bytes_per_param: float
     gb_per_s: float
     spread: float = math.nan
+    ratio_to_fused_adam: float = math.nan
 
     @property
     def noisy(self) -> bool:
@@ -146,12 +253,15 @@ def spread(times: Sequence[float]) -> float:
     return (high - low) / statistics.median(times)
 
 
-def _params(n_tensors: int, size: int, device: torch.device, seed: int) -> list[Tensor]:
+def _params(
+    n_tensors: int, size: int, device: torch.device, seed: int, matrices: bool = False
+) -> list[Tensor]:
     generator = torch.Generator().manual_seed(seed)
+    shape = (math.isqrt(size),) * 2 if matrices else (size,)
     params = []
     for _ in range(n_tensors):
-        p = torch.randn(size, generator=generator).to(device).requires_grad_()
-        p.grad = torch.randn(size, generator=generator).to(device) * 1e-3
+        p = torch.randn(shape, generator=generator).to(device).requires_grad_()
+        p.grad = torch.randn(shape, generator=generator).to(device) * 1e-3
         params.append(p)
     return params
 
@@ -192,6 +302,17 @@ def update_bandwidth(n_elements: int, device: torch.device, repeats: int) -> flo
     return 2 * array.nbytes / statistics.median(times[2:]) / 1e9
 
 
+#: The candidate of the frontier's yardstick, torch's fastest Adam.
+YARDSTICK = "torch fused Adam (yardstick)"
+ADAM_ARRAYS = 7  # p, g, m, v read; p, m, v written
+#: Our constructions by mode: the candidate's name and the constructor flags.
+OUR_MODES = {
+    "foreach": ("ours foreach", dict(foreach=True)),
+    "default": ("ours", {}),
+    "flat": ("ours flat", dict(flat=True)),
+}
+
+
 def run_shape(
     algorithm: Algorithm,
     shape: tuple[str, int, int],
@@ -202,21 +323,29 @@ def run_shape(
 ) -> list[Row]:
     """Time all candidates of ``algorithm`` on one shape, interleaved; return their rows.
 
-    Every candidate starts from the same parameters and gradients (drawn with ``seed``).
+    Every candidate starts from the same parameters and gradients (drawn with ``seed``). A
+    matrix algorithm takes ``shape``'s elements per tensor as square matrices (the nearest
+    square at or below it).
     """
     label, n_tensors, size = shape
+    if algorithm.matrices:
+        side = math.isqrt(size)
+        label = f"{label} ({side}x{side})"
+
+    def params() -> list[Tensor]:
+        return _params(n_tensors, size, device, seed, matrices=algorithm.matrices)
+
     candidates: dict[str, Optimizer] = {}
-    for impl in algorithm.torch_impls:
-        if impl == "fused" and device.type not in ("cpu", "cuda"):
-            continue
-        candidates[f"torch {impl}"] = algorithm.torch_cls(
-            _params(n_tensors, size, device, seed), **algorithm.torch_kwargs, **TORCH_FLAGS[impl]
-        )
-    candidates["ours foreach"] = algorithm.ours(
-        _params(n_tensors, size, device, seed), foreach=True
-    )
-    candidates["ours"] = algorithm.ours(_params(n_tensors, size, device, seed))
-    candidates["ours flat"] = algorithm.ours(_params(n_tensors, size, device, seed), flat=True)
+    for baseline in algorithm.baselines:
+        if baseline.available and not (
+            baseline.name == "torch fused" and device.type not in ("cpu", "cuda")
+        ):
+            candidates[baseline.name] = baseline.build(params())
+    if algorithm.yardstick and device.type in ("cpu", "cuda"):
+        candidates[YARDSTICK] = torch.optim.Adam(params(), fused=True)
+    for mode in algorithm.modes:
+        name, flags = OUR_MODES[mode]
+        candidates[name] = algorithm.ours(params(), **flags)
     timings: dict[str, list[float]] = {name: [] for name in candidates}
     for step in range(warmup + steps):
         for name, optimizer in candidates.items():
@@ -227,19 +356,25 @@ def run_shape(
             if step >= warmup:
                 timings[name].append(time.perf_counter() - started)
     medians = {name: statistics.median(t) for name, t in timings.items()}
-    fastest_torch = min(t for name, t in medians.items() if name.startswith("torch"))
-    n_params = n_tensors * size
-    bytes_moved = algorithm.arrays_moved * n_params * 4
+    baselines = [medians[b.name] for b in algorithm.baselines if b.name in medians]
+    fastest_baseline = min(baselines, default=math.nan)
+    yardstick = medians.get(YARDSTICK, math.nan)
+    n_params = n_tensors * (math.isqrt(size) ** 2 if algorithm.matrices else size)
+
+    def bytes_moved(candidate: str) -> int:
+        return (ADAM_ARRAYS if candidate == YARDSTICK else algorithm.arrays_moved) * n_params * 4
+
     return [
         Row(
             algorithm=algorithm.name,
             shape=label,
             candidate=name,
             ms_per_step=1e3 * seconds,
-            ratio_to_fastest_torch=seconds / fastest_torch,
+            ratio_to_baseline=seconds / fastest_baseline,
             state_bytes_per_param=_state_bytes(candidates[name]) / n_params,
-            gb_per_s=bytes_moved / seconds / 1e9,
+            gb_per_s=bytes_moved(name) / seconds / 1e9,
             spread=spread(timings[name]),
+            ratio_to_fused_adam=seconds / yardstick,
         )
         for name, seconds in medians.items()
     ]

@@ -11,6 +11,7 @@ import torch
 from torchopt_edu import bench, cli, demo
 from torchopt_edu.cli import bench as bench_cli
 from torchopt_edu.cli import demo as demo_cli
+from torchopt_edu.optim import OPTIMIZERS
 
 
 def test_demo_trains_every_optimizer_and_saves_the_plot_and_json(tmp_path, capsys):
@@ -212,3 +213,62 @@ def test_bench_chart_path_is_checked_before_measuring(tmp_path, capsys, monkeypa
         assert exit_info.value.code == 2
         captured = capsys.readouterr()
         assert message in captured.err and captured.out == ""
+
+
+def test_bench_times_every_optimizer_of_the_package():
+    assert set(bench.ALGORITHMS) == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize(
+    "name, candidates",
+    [
+        (
+            "lion",
+            {"ref lion-pytorch", "ref lion-pytorch foreach", bench.YARDSTICK, "ours foreach"}
+            | {"ours", "ours flat"},
+        ),
+        ("prodigy", {"ref prodigyopt", bench.YARDSTICK, "ours foreach", "ours"}),
+        ("adamwschedulefree", {"ref schedulefree", bench.YARDSTICK, "ours foreach", "ours"}),
+        ("yogi", {bench.YARDSTICK, "ours foreach", "ours", "ours flat"}),
+        ("muon", {"torch loop", "ours foreach", "ours"}),
+    ],
+)
+def test_frontier_rows_time_the_reference_packages_and_the_fused_adam_yardstick(name, candidates):
+    for baseline in bench.ALGORITHMS[name].baselines:
+        if baseline.requires is not None:
+            pytest.importorskip(baseline.requires, reason="reference packages: dev extra")
+    algorithm = bench.ALGORITHMS[name]
+    shape = bench.shapes_for(algorithm, quick=True)[1]
+    rows = {r.candidate: r for r in bench.run_shape(algorithm, shape, torch.device("cpu"), 2, 0)}
+    assert set(rows) == candidates
+    baselines = [r for r in rows.values() if r.candidate.startswith(("torch", "ref"))]
+    baselines = [r for r in baselines if r.candidate != bench.YARDSTICK]
+    fastest = min((r.ms_per_step for r in baselines), default=math.nan)
+    for row in rows.values():
+        if baselines:
+            assert row.ratio_to_baseline == pytest.approx(row.ms_per_step / fastest)
+        else:
+            assert math.isnan(row.ratio_to_baseline)
+        if algorithm.yardstick:
+            yardstick = rows[bench.YARDSTICK].ms_per_step
+            assert row.ratio_to_fused_adam == pytest.approx(row.ms_per_step / yardstick)
+        else:
+            assert math.isnan(row.ratio_to_fused_adam)
+    if algorithm.matrices:
+        assert rows["ours"].shape == "100k/100 (32x32)"
+        assert rows["ours"].state_bytes_per_param == 4.0  # one momentum buffer, as torch's
+
+
+def test_summary_shows_the_reference_baseline_and_the_yardstick_ratio():
+    rows = [
+        bench.Row("lion", "1M/4", "ref lion-pytorch", 3.0, 1.0, 4.0, 1.0, 0.05, 3.0),
+        bench.Row("lion", "1M/4", bench.YARDSTICK, 1.0, 1 / 3, 8.0, 1.0, 0.05, 1.0),
+        bench.Row("lion", "1M/4", "ours", 2.0, 2 / 3, 4.0, 1.0, 0.05, 2.0),
+        bench.Row("yogi", "1M/4", bench.YARDSTICK, 4 / 3, math.nan, 8.0, 1.0, 0.05, 1.0),
+        bench.Row("yogi", "1M/4", "ours", 2.0, math.nan, 8.0, 1.0, 0.05, 1.5),
+    ]
+    summary = bench_cli.format_summary(rows)
+    assert "| lion | 1M/4 | ref lion-pytorch | 3.00 | - | 2.00 | **0.67** | - | - | **2.00** |" in (
+        summary
+    )
+    assert "| yogi | 1M/4 | none | - | - | 2.00 | - | - | - | **1.50** |" in summary

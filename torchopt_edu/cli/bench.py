@@ -28,12 +28,13 @@ if TYPE_CHECKING:
 def algorithm_name(text: str) -> str:
     """argparse ``type=``: the benchmarked algorithm an optimizer name stands for.
 
-    Ours and torch's twin name the same algorithm (``adam``, ``torch.optim.Adam``); an
-    optimizer without a torch.optim twin to compare against is refused.
+    Ours and torch's twin name the same algorithm (``adam``, ``torch.optim.Adam``); a
+    torch.optim optimizer we do not implement is refused.
     """
     name = optimizer_name(closure=False)(text)
     for algorithm in ALGORITHMS.values():
-        if name in (algorithm.name, display_name(algorithm.torch_cls)):
+        twin = display_name(algorithm.twin) if algorithm.twin is not None else None
+        if name in (algorithm.name, twin):
             return algorithm.name
     raise argparse.ArgumentTypeError(
         f"{name} is not benchmarked; choose from {', '.join(ALGORITHMS)} "
@@ -45,58 +46,77 @@ def _spread(row: Row) -> str:
     return "n/a" if row.spread != row.spread else f"{100 * row.spread:.0f}%"
 
 
+def _ratio(value: float, bold: bool = False) -> str:
+    if value != value:
+        return "-"
+    return f"**{value:.2f}**" if bold else f"{value:.2f}"
+
+
 def format_table(rows: list[Row], update_gb_per_s: float) -> str:
     """The benchmark as a Markdown table (ready to paste into a README or an issue)."""
     lines = [
         f"in-place update bandwidth in this run: {update_gb_per_s:.1f} GB/s "
         "(achieved = ideal one-pass bytes / time)",
         "",
-        "| algorithm | shape | candidate | ms/step | spread | ours / fastest torch "
-        "| state B/param | achieved GB/s |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| algorithm | shape | candidate | ms/step | spread | / fastest baseline "
+        "| / fused Adam | state B/param | achieved GB/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ratio = (
-            f"**{r.ratio_to_fastest_torch:.2f}**"
-            if r.candidate.startswith("ours")
-            else (f"{r.ratio_to_fastest_torch:.2f}")
-        )
+        ours = r.candidate.startswith("ours")
         lines.append(
             f"| {r.algorithm} | {r.shape} | {r.candidate} | {r.ms_per_step:.2f} | {_spread(r)} "
-            f"| {ratio} | {r.state_bytes_per_param:.1f} | {r.gb_per_s:.1f} |"
+            f"| {_ratio(r.ratio_to_baseline, ours)} | {_ratio(r.ratio_to_fused_adam, ours)} "
+            f"| {r.state_bytes_per_param:.1f} | {r.gb_per_s:.1f} |"
         )
     return "\n".join(lines)
 
 
 def format_summary(rows: list[Row]) -> str:
-    """One line per algorithm and shape: the fastest torch.optim path against ours.
+    """One line per algorithm and shape: the fastest baseline against ours.
 
+    The baseline is the fastest torch.optim path, or for an algorithm torch lacks the fastest
+    reference package (``ref ...``); the frontier's rows also give ours / torch's fused Adam.
     A ratio built from a noisy row (see :func:`noisy_rows`) is marked ``(noisy)``.
     """
     lines = [
-        "| algorithm | shape | fastest torch.optim | ms | ours foreach (before) ms "
-        "| ours (default) ms | ratio | ours flat ms | ratio |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| algorithm | shape | fastest baseline | ms | ours foreach (before) ms "
+        "| ours (default) ms | ratio | ours flat ms | ratio | ours / fused Adam |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for algorithm, shape in dict.fromkeys((r.algorithm, r.shape) for r in rows):
-        same = [r for r in rows if r.algorithm == algorithm and r.shape == shape]
-        best = min(
-            (r for r in same if r.candidate.startswith("torch")), key=lambda r: r.ms_per_step
-        )
-        before = next(r for r in same if r.candidate == "ours foreach")
-        ours_row = next(r for r in same if r.candidate == "ours")
-        flat_row = next(r for r in same if r.candidate == "ours flat")
-
-        def ratio(row: Row, best: Row = best) -> str:
-            mark = " (noisy)" if row.noisy or best.noisy else ""
-            return f"**{row.ratio_to_fastest_torch:.2f}**{mark}"
-
-        lines.append(
-            f"| {algorithm} | {shape} | {best.candidate.removeprefix('torch ')} "
-            f"| {best.ms_per_step:.2f} | {before.ms_per_step:.2f} | {ours_row.ms_per_step:.2f} "
-            f"| {ratio(ours_row)} | {flat_row.ms_per_step:.2f} | {ratio(flat_row)} |"
-        )
+        same = {r.candidate: r for r in rows if r.algorithm == algorithm and r.shape == shape}
+        lines.append(f"| {algorithm} | {shape} | {_summary_cells(same)}")
     return "\n".join(lines)
+
+
+def _summary_cells(same: dict[str, Row]) -> str:
+    """The summary's cells after algorithm and shape, from one algorithm and shape's rows."""
+    baselines = [
+        r
+        for r in same.values()
+        if r.candidate.startswith(("torch", "ref")) and r.candidate != bench.YARDSTICK
+    ]
+    best = min(baselines, key=lambda r: r.ms_per_step, default=None)
+    yardstick = same.get(bench.YARDSTICK)
+
+    def ms(candidate: str) -> str:
+        return f"{same[candidate].ms_per_step:.2f}" if candidate in same else "-"
+
+    def ratio(candidate: str, reference: Row | None) -> str:
+        row = same.get(candidate)
+        if row is None or reference is None:
+            return "-"
+        mark = " (noisy)" if row.noisy or reference.noisy else ""
+        ratio = row.ratio_to_baseline if reference is best else row.ratio_to_fused_adam
+        return f"{_ratio(ratio, bold=True)}{mark}"
+
+    return (
+        f"{'none' if best is None else best.candidate.removeprefix('torch ')} "
+        f"| {'-' if best is None else f'{best.ms_per_step:.2f}'} | {ms('ours foreach')} "
+        f"| {ms('ours')} | {ratio('ours', best)} | {ms('ours flat')} "
+        f"| {ratio('ours flat', best)} | {ratio('ours', yardstick)} |"
+    )
 
 
 def noise_warning(rows: list[Row]) -> str | None:
@@ -116,31 +136,46 @@ def noise_warning(rows: list[Row]) -> str | None:
 
 
 def plot(rows: list[Row]) -> Figure:
-    """Bar chart of ours / fastest torch per algorithm and shape (default and flat mode)."""
+    """Bar chart of ours / fastest baseline per algorithm and shape (each of our modes).
+
+    Shapes are grouped by position (first, second, third of each algorithm's set), so Muon's
+    matrix shapes share a panel with the vector shapes of the same rank.
+    """
     import matplotlib.pyplot as plt
 
-    shapes = list(dict.fromkeys(r.shape for r in rows))
     algorithms = list(dict.fromkeys(r.algorithm for r in rows))
+    by_algorithm = {
+        a: list(dict.fromkeys(r.shape for r in rows if r.algorithm == a)) for a in algorithms
+    }
+    n_panels = max(len(shapes) for shapes in by_algorithm.values())
     figure, axes = plt.subplots(
-        1, len(shapes), figsize=(4 * len(shapes), 3.5), dpi=80, sharey=True, squeeze=False
+        1, n_panels, figsize=(5 * n_panels, 3.5), dpi=80, sharey=True, squeeze=False
     )
-    for axis, shape in zip(axes[0], shapes, strict=True):
+    for panel, axis in enumerate(axes[0]):
         for offset, candidate in ((-0.27, "ours foreach"), (0.0, "ours"), (0.27, "ours flat")):
-            values = [
-                next(
-                    r.ratio_to_fastest_torch
-                    for r in rows
-                    if r.shape == shape and r.algorithm == a and r.candidate == candidate
+            values = []
+            for a in algorithms:
+                shape = by_algorithm[a][panel] if panel < len(by_algorithm[a]) else None
+                row = next(
+                    (
+                        r
+                        for r in rows
+                        if (r.algorithm, r.shape, r.candidate) == (a, shape, candidate)
+                    ),
+                    None,
                 )
-                for a in algorithms
-            ]
+                values.append(row.ratio_to_baseline if row is not None else float("nan"))
             axis.bar(
                 [i + offset for i in range(len(algorithms))], values, width=0.27, label=candidate
             )
         axis.axhline(1.0, color="black", linewidth=1)
-        axis.set_xticks(range(len(algorithms)), algorithms, rotation=45)
-        axis.set_title(f"{shape} (params/tensors)")
-    axes[0][0].set_ylabel("step time / fastest torch.optim")
+        axis.set_xticks(range(len(algorithms)), algorithms, rotation=60)
+        axis.set_title(
+            " / ".join(dict.fromkeys(s[panel] for s in by_algorithm.values() if panel < len(s)))[
+                :60
+            ]
+        )
+    axes[0][0].set_ylabel("step time / fastest baseline")
     axes[0][0].legend()
     figure.tight_layout()
     return figure
@@ -150,7 +185,8 @@ def build_parser() -> _common.Parser:
     """The ``torchopt-edu bench`` argument parser."""
     parser = _common.Parser(
         prog="torchopt-edu bench",
-        description="Step time, state memory and bandwidth of our optimizers vs torch.optim.",
+        description="Step time, state memory and bandwidth of our optimizers vs torch.optim "
+        "and the reference packages.",
     )
     parser.add_argument("--quick", action="store_true", help="small shapes, few steps (CI smoke)")
     _common.add_optimizers(
@@ -205,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     update_gb_per_s = bench.update_bandwidth(shapes[-1][1] * shapes[-1][2], device, repeats=steps)
     rows: list[Row] = []
     for name in args.optimizers:
-        for shape in shapes:
+        for shape in bench.shapes_for(ALGORITHMS[name], args.quick):
             rows.extend(
                 bench.run_shape(ALGORITHMS[name], shape, device, steps, args.warmup, seed=args.seed)
             )
@@ -217,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {steps} interleaved steps after {args.warmup} warm-up\n"
     )
     print(format_table(rows, update_gb_per_s))
-    print("\nsummary (ratio = ours / fastest torch.optim, measured in the same run):\n")
+    print(
+        "\nsummary (ratio = ours / fastest baseline: torch.optim's paths, or the reference "
+        "package where torch has none; measured in the same run):\n"
+    )
     print(format_summary(rows))
     growth = f"RSS {memory['rss_growth_mb']:+.1f} MB"
     if device.type == "cuda":
