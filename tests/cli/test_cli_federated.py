@@ -173,18 +173,25 @@ def test_benchmark_returns_its_numbers_and_prints_one_line(capsys):
     result = bench.run_benchmark(num_clients=20, fraction=0.1, rounds=2, local_epochs=1, warmup=1)
     assert set(result) == {
         "clients", "sampled", "local_epochs", "batch_size", "rounds", "device", "rounds_per_s",
-        "round_time_s", "client_time_s", "eval_time_s", "overhead", "test_accuracy",
+        "round_time_s", "client_time_s", "eval_time_s", "overhead", "test_accuracy", "threads",
     }  # fmt: skip
     assert result["clients"] == 20 and result["sampled"] == 2 and result["rounds"] == 2
+    assert result["threads"] == 1  # the digits MLP is small: one thread by default
     assert result["device"] == "cpu" and result["local_epochs"] == 1
     assert all(
         isinstance(result[key], float) and math.isfinite(result[key])
         for key in ("rounds_per_s", "round_time_s", "client_time_s", "eval_time_s", "overhead")
     )
     assert 0 <= result["test_accuracy"] <= 1
-    assert federated_bench.main(["--clients", "10", "--rounds", "1", "--local-epochs", "1"]) == 0
+    argv = ["--clients", "10", "--rounds", "1", "--local-epochs", "1"]
+    assert federated_bench.main(argv) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("federated: 10 clients, 1 sampled per round") and "rounds/s" in line
+    assert "on cpu with 1 thread:" in line
+    before = torch.get_num_threads()
+    assert federated_bench.main([*argv, "--threads", "2"]) == 0
+    assert "on cpu with 2 threads:" in capsys.readouterr().out
+    assert torch.get_num_threads() == before
 
 
 def test_cli_workers_give_the_same_rounds_as_one_process(tmp_path):

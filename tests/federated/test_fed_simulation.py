@@ -10,10 +10,15 @@ import torch
 from torchopt_edu.federated import (
     MLP,
     Client,
+    ClipUpdates,
+    DPFedAvg,
     FedAdam,
     FedAvg,
+    FedMedian,
     InvalidUpdateError,
+    Krum,
     LocalTraining,
+    Scaffold,
     Simulation,
     dirichlet_partition,
     fed_avg,
@@ -116,18 +121,54 @@ def _with_diverging_client(digits):
     return clients
 
 
-def test_a_diverged_client_is_rejected_naming_it_and_the_global_model_is_untouched(digits):
+# in "raise" mode the simulation leaves the value checks to the strategy: every kind of
+# strategy must name the client and the tensor and leave the global model as it was
+STRATEGIES = {
+    "FedAvg": FedAvg,
+    "FedAdam": FedAdam,
+    "FedMedian": FedMedian,
+    "Krum": lambda: Krum(num_clients_to_keep=2),
+    "ClipUpdates": lambda: ClipUpdates(FedAvg(), max_norm=1.0),
+    "DPFedAvg": lambda: DPFedAvg(clip_norm=1.0, noise_multiplier=1.0, sample_rate=1.0),
+    "Scaffold": lambda: Scaffold(num_clients=3),
+}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_diverged_client_is_rejected_naming_it_and_the_global_model_is_untouched(
+    digits, strategy
+):
     torch.manual_seed(0)
     model = MLP()
     before = copy.deepcopy(model.state_dict())
     train = LocalTraining(functools.partial(SGD, lr=0.1), epochs=1, batch_size=10)
     clients = _with_diverging_client(digits)
-    simulation = Simulation(model, clients, FedAdam(), train, fraction=1.0)
+    simulation = Simulation(model, clients, STRATEGIES[strategy](), train, fraction=1.0)
     with pytest.raises(InvalidUpdateError, match=r"client 1: tensor '0.weight': .* NaN or inf"):
         simulation.run_round()
     for name, tensor in before.items():
         assert torch.equal(model.state_dict()[name], tensor)
-    assert simulation.history == []
+    assert simulation.history == [] and simulation.strategy.state_dict() == (
+        STRATEGIES[strategy]().state_dict()
+    )
+
+
+class _ClientSendingANumber(Client):
+    """A client whose result holds a Python number instead of a tensor."""
+
+    def fit(self, model, global_state, train, seed):
+        result = super().fit(model, global_state, train, seed)
+        result.state["0.bias"] = 0.5
+        return result
+
+
+def test_a_client_result_that_is_not_a_tensor_is_named(digits):
+    x_train, y_train, _, _ = digits
+    clients = make_clients(x_train[:90], y_train[:90], iid_partition(90, 3, seed=0))
+    clients[2] = _ClientSendingANumber(2, clients[2].features, clients[2].labels)
+    simulation = Simulation(MLP(), clients, FedAvg(), LocalTraining(SGD), fraction=1.0)
+    with pytest.raises(InvalidUpdateError, match="client 2: tensor '0.bias': expected a Tensor"):
+        simulation.run_round()
 
 
 def test_skip_mode_averages_the_other_clients_and_records_the_rejection(digits):

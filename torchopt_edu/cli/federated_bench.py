@@ -26,6 +26,11 @@ def build_parser() -> _common.Parser:
         default=2,
         help="rounds before the timed ones (default 2)",
     )
+    parser.add_argument(
+        "--threads",
+        type=_argtypes.positive_int,
+        help="torch threads during the rounds (default: 1 for this small model)",
+    )
     _common.add_common(parser, device="cpu", progress=False, plot=False)
     return parser
 
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         device=args.device,
         seed=args.seed,
+        threads=args.threads,
     )
     print(format_result(result))
     if args.json is not None:

@@ -71,8 +71,23 @@ def check_structure(update: State, reference: State, client: object) -> None:
             )
 
 
+def all_finite(state: State) -> bool:
+    """Whether every floating-point and complex value of ``state`` is finite.
+
+    One ``isfinite`` over all tensors joined (on one device) instead of one per tensor: for a
+    small MLP the per-tensor calls cost 4x more. Callers that must name the offending tensor
+    search tensor by tensor only when this is ``False``.
+    """
+    floating = [t for t in state.values() if t.is_floating_point() or t.is_complex()]
+    if len({t.device for t in floating}) > 1:
+        return all(bool(torch.isfinite(t).all()) for t in floating)
+    return not floating or bool(torch.isfinite(torch.cat([t.reshape(-1) for t in floating])).all())
+
+
 def check_finite(update: State, client: object) -> None:
     """Raise :class:`InvalidUpdateError` if a floating-point tensor of ``update`` has a NaN/inf."""
+    if all_finite(update):
+        return
     for name, tensor in update.items():
         if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
             torch.isfinite(tensor).all()
@@ -169,9 +184,10 @@ def weighted_sum(
         name: torch.zeros(ref.shape, dtype=_accumulator_dtype(ref.dtype), device=ref.device)
         for name, ref in reference.items()
     }
+    totals = list(sums.values())
     for state, weight in zip(states, weights, strict=True):
-        for name, total in sums.items():
-            total.add_(state[name].to(device=total.device, dtype=total.dtype), alpha=weight)
+        terms = [state[name].to(device=t.device, dtype=t.dtype) for name, t in sums.items()]
+        torch._foreach_add_(totals, terms, alpha=weight)
     # NaN and inf propagate through a sum (even with weight 0: 0 * inf = NaN), so one check
     # per tensor covers every client; only when it fails are the clients searched one by one
     for name, total in sums.items():

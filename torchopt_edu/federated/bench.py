@@ -12,6 +12,11 @@ setting), after ``warmup`` rounds that are not timed. It reports
   framework: sampling, seeding, loading the global weights, copying the results, checking
   them, averaging and the server step. Target: under 10%.
 
+Threads: the simulation runs a round on :func:`~torchopt_edu.federated.simulation.default_threads`
+threads (1 for this MLP: its kernels are too short to share, and on a busy 2-core machine
+torch's default thread count made a round 8x slower); ``threads`` overrides it, and the line
+says which count was measured.
+
 Times are wall-clock; on a busy machine, run it twice. The command line is
 :mod:`torchopt_edu.cli.federated_bench`.
 """
@@ -41,12 +46,14 @@ def run_benchmark(
     warmup: int = 2,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Time ``rounds`` FedAvg rounds on digits (after ``warmup`` rounds); return the numbers.
 
     Keys: the configuration, ``rounds_per_s``, ``round_time_s``, ``client_time_s`` and
     ``eval_time_s`` (means per round), ``overhead`` (a median fraction, see the module docstring)
-    and ``test_accuracy`` after the last round.
+    ``test_accuracy`` after the last round and ``threads`` (torch threads during the rounds;
+    ``None`` picks them as :class:`~torchopt_edu.federated.simulation.Simulation` does).
     """
     x_train, y_train, x_test, y_test = load_digits_split(seed=seed, device=device)
     clients = make_clients(x_train, y_train, iid_partition(len(y_train), num_clients, seed))
@@ -55,7 +62,14 @@ def run_benchmark(
         functools.partial(SGD, lr=0.1), epochs=local_epochs, batch_size=batch_size
     )
     simulation = Simulation(
-        MLP().to(device), clients, FedAvg(), train, (x_test, y_test), fraction=fraction, seed=seed
+        MLP().to(device),
+        clients,
+        FedAvg(),
+        train,
+        (x_test, y_test),
+        fraction=fraction,
+        seed=seed,
+        threads=threads,
     )
     if warmup:
         simulation.run(warmup, progress=False)
@@ -70,6 +84,7 @@ def run_benchmark(
         "batch_size": batch_size,
         "rounds": rounds,
         "device": str(device),
+        "threads": simulation.threads,
         "rounds_per_s": 1.0 / (round_time + eval_time),
         "round_time_s": round_time,
         "client_time_s": client_time,
@@ -85,7 +100,8 @@ def format_result(result: dict[str, Any]) -> str:
     """The benchmark line."""
     return (
         f"federated: {result['clients']} clients, {result['sampled']} sampled per round, "
-        f"E={result['local_epochs']} B={result['batch_size']} on {result['device']}: "
+        f"E={result['local_epochs']} B={result['batch_size']} on {result['device']} with "
+        f"{result['threads']} thread{'s' if result['threads'] != 1 else ''}: "
         f"{result['rounds_per_s']:.1f} rounds/s, framework overhead "
         f"{100 * result['overhead']:.1f}% of the clients' training time "
         f"(client training {1e3 * result['client_time_s']:.1f} ms, evaluation "

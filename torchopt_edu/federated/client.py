@@ -130,9 +130,11 @@ class Client:
         copy_state(model, global_state)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        global_params = [
-            global_state[name] for name, p in model.named_parameters() if p.requires_grad
-        ]
+        global_params = (
+            [global_state[name] for name, p in model.named_parameters() if p.requires_grad]
+            if train.proximal_mu > 0
+            else []
+        )
         device = self.features.device
         on_cuda = device.type == "cuda"
         with torch.random.fork_rng(devices=[device] if on_cuda else []):
@@ -199,8 +201,8 @@ def copy_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     Python bookkeeping, which costs about as much as a small training step; a missing key
     raises ``KeyError``.
     """
-    for name, tensor in model.state_dict().items():
-        tensor.copy_(state[name])
+    own = model.state_dict()
+    torch._foreach_copy_(list(own.values()), [state[name] for name in own])
 
 
 @torch.no_grad()

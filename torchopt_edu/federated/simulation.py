@@ -37,7 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from torchopt_edu.federated.aggregate import InvalidUpdateError, State, check_update
+from torchopt_edu.federated.aggregate import (
+    InvalidUpdateError,
+    State,
+    check_structure,
+    check_update,
+)
 from torchopt_edu.federated.attacks import Attack
 from torchopt_edu.federated.checkpoint import (
     FORMAT,
@@ -368,8 +373,17 @@ class Simulation:
     ) -> Record:
         """Screen the results, upload them, let the strategy update the global model."""
         self._handle_errors(failures, self.on_client_error, "failed client")
-        accepted, errors = screen(results, global_state)
-        self._handle_errors(errors, self.on_invalid, "rejected update")
+        if self.on_invalid == "raise" and self.compressor is None:
+            # every strategy checks the values of every update before it changes anything and
+            # raises InvalidUpdateError naming the client and the tensor; checking them here
+            # as well cost ~8% of a digits round. The structure is checked here: the byte
+            # count below needs tensors.
+            for result in results:
+                check_structure(result.state, global_state, result.client)
+            accepted, errors = results, []
+        else:
+            accepted, errors = screen(results, global_state)
+            self._handle_errors(errors, self.on_invalid, "rejected update")
         uploads, sent = self._upload(accepted, global_state)
         samples = sum(r.num_samples for r in uploads)
         loss_sum = sum(r.num_samples * r.metrics["loss"] for r in uploads)

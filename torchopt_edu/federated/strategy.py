@@ -46,8 +46,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from torchopt_edu.federated.aggregate import State, average, weighted_sum
-from torchopt_edu.federated.client import ClientResult, LocalTraining
+from torchopt_edu.federated.aggregate import State, all_finite, average, weighted_sum
+from torchopt_edu.federated.client import ClientResult, LocalTraining, copy_state
 from torchopt_edu.optim import SGD, Adagrad, Adam, Yogi
 from torchopt_edu.optim._checks import check_number
 
@@ -63,6 +63,8 @@ def check_server_result(state: State, what: str) -> None:
 
     ``what`` names the step in the message (``"FedAvgM's server step"``).
     """
+    if all_finite(state):
+        return
     for name, tensor in state.items():
         if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
             torch.isfinite(tensor).all()
@@ -140,9 +142,14 @@ class FedAvg(Strategy):
 
     def apply(self, model: nn.Module, averaged: Mapping[str, Tensor]) -> None:
         """Load the average into ``model`` (refused if a value is not finite: a float64 mean
-        can overflow the model's dtype)."""
+        can overflow the model's dtype).
+
+        ``averaged`` has ``model``'s state-dict keys, shapes and dtypes, as
+        :func:`~torchopt_edu.federated.aggregate.average` returns them from checked updates;
+        so it is copied in without ``load_state_dict``'s per-module bookkeeping.
+        """
         check_server_result(averaged, f"{type(self).__name__}'s server step")
-        model.load_state_dict(averaged)
+        copy_state(model, averaged)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
