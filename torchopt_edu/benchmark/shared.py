@@ -7,13 +7,16 @@ database that any number of worker processes, on one machine (a SQLite file) or 
 
 1. skips it if the study holds its record (a complete Optuna trial with its key) or a running
    claim on it;
-2. otherwise claims it: a new Optuna trial whose ``user_attrs["key"]`` is the trial's key;
-3. runs it and completes the Optuna trial with the record in ``user_attrs["record"]``.
+2. otherwise claims it: its Optuna trial takes the key (``user_attrs["key"]``), then creates the
+   study ``"<study_name>:claim:<key>:<attempt>"``, where ``attempt`` counts the failed trials of
+   that key. Study names are unique in the database, so of two workers that claim one trial in
+   the same instant exactly one creates that study; the other gives the key up and moves on;
+3. the winner runs it and completes its Optuna trial with the record in ``user_attrs["record"]``.
 
-A killed worker's claims stop sending heartbeats (:func:`~torchopt_edu.tuning.open_storage`) and are
-marked failed by the next worker that starts a trial, so their trials run again. Two workers can
-claim one trial in the same instant (between one's check and its claim): both run it, and since a
-trial is a pure function of its configuration and seed, both records agree; the first one counts.
+So every planned trial runs once. A killed worker's claims stop sending heartbeats
+(:func:`~torchopt_edu.tuning.open_storage`) and are marked failed by the next worker that starts
+a trial (at once for a dead process of the same machine), which raises the trial's attempt count:
+the next worker claims it afresh and runs it again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,15 +60,37 @@ def stored_records(study: Any) -> dict[TrialKey, TrialResult]:
     return records
 
 
-def _claimed(study: Any) -> set[str]:
+def _claims(study: Any) -> tuple[set[str], Counter[str]]:
+    """The keys held by a running or complete trial, and each key's failed attempts."""
     from optuna.trial import TrialState
 
-    states = (TrialState.COMPLETE, TrialState.RUNNING)
-    return {
-        trial.user_attrs[KEY_ATTR]
-        for trial in study.get_trials(deepcopy=False, states=states)
-        if KEY_ATTR in trial.user_attrs
-    }
+    held: set[str] = set()
+    failed: Counter[str] = Counter()
+    for trial in study.get_trials(deepcopy=False):
+        key = trial.user_attrs.get(KEY_ATTR)
+        if not key:
+            continue
+        if trial.state in (TrialState.COMPLETE, TrialState.RUNNING):
+            held.add(key)
+        elif trial.state == TrialState.FAIL:
+            failed[key] += 1
+    return held, failed
+
+
+def _claim(study: Any, trial: Any, key: str, attempt: int) -> bool:
+    """Claim ``key`` for ``trial``: True for the one worker whose claim study is created."""
+    import optuna
+
+    trial.set_user_attr(KEY_ATTR, key)  # first: a worker killed from here on is an attempt
+    try:
+        study._storage.create_new_study(
+            [optuna.study.StudyDirection.MINIMIZE],
+            f"{study.study_name}:claim:{key}:{attempt}",
+        )
+    except optuna.exceptions.DuplicatedStudyError:  # another worker claimed it first
+        trial.set_user_attr(KEY_ATTR, "")
+        return False
+    return True
 
 
 def run_shared(
@@ -104,6 +130,7 @@ def run_shared(
     import optuna
 
     from torchopt_edu.tuning import open_storage
+    from torchopt_edu.tuning.study import fail_trials_of_ended_workers
 
     plan = plan_trials(
         workloads, optimizers, track=track, trials=trials, studies=studies, seed=seed
@@ -124,17 +151,17 @@ def run_shared(
             f"study {study_name!r} holds a benchmark run with seed {stored_seed}, not {seed}: "
             "pass its seed to resume it, or another study name"
         )
+    fail_trials_of_ended_workers(study)  # free the claims of this machine's dead workers now
     worker = f"{socket.gethostname()}:{os.getpid()}"
     pending = iter(plan)
 
     def objective(trial: optuna.Trial) -> float:
-        claimed = _claimed(study)
+        trial.set_user_attr("worker", worker)
+        held, failed = _claims(study)
         for planned in pending:
             key = _key_text(planned.key)
-            if key in claimed:
+            if key in held or not _claim(study, trial, key, failed[key]):
                 continue
-            trial.set_user_attr(KEY_ATTR, key)
-            trial.set_user_attr("worker", worker)
             instance = instances[planned.key.workload]
             steps, seconds, details = run_trial(instance, planned.config, planned.seed)
             config = planned.config.to_dict()
