@@ -171,3 +171,24 @@ def test_command_line_saves_schedules_and_resumes(tmp_path, capsys):
     assert best["total_steps"] == 3 * 3 * 5
     assert best["best_score"] == max(entry[-1]["score"] for entry in schedules.values())
     assert (tmp_path / "schedules.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_schedule_plot_has_a_panel_per_hyperparameter_and_follows_each_member():
+    pytest.importorskip("matplotlib")
+    from torchopt_edu.tuning import plot_pbt_schedules
+
+    result = population_based_training(
+        "diabetes", "adam", population=2, interval=5, rounds=3, workers=0
+    )
+    figure = plot_pbt_schedules(result)
+    axes = figure.axes
+    titles = [axis.get_title() for axis in axes]
+    assert titles == ["lr", "betas[0]", "betas[1]", "weight_decay", result.metric]
+    assert axes[0].get_yscale() == "log" and axes[1].get_yscale() == "linear"
+    for member, line in zip(result.members, axes[2].get_lines(), strict=True):
+        drawn = list(line.get_ydata())
+        assert drawn == [e["hyperparameters"]["betas"][1] for e in member.schedule] + drawn[-1:]
+        assert list(line.get_xdata()) == [0, 5, 10, 15]
+    best = axes[-1].get_lines()[result.best.index]
+    assert list(best.get_ydata()) == [e["score"] for e in result.best.schedule]
+    assert best.get_color() == "black"

@@ -22,7 +22,7 @@ from torchopt_edu.cli import _argtypes, _common
 from torchopt_edu.cli._optimizers import optimizer_name
 
 if TYPE_CHECKING:
-    from torchopt_edu.tuning.pbt import Member, PBTResult
+    from torchopt_edu.tuning.pbt import Member
 
 PROG = "torchopt-edu pbt"
 
@@ -67,29 +67,6 @@ def _round_line(round_: int, members: list[Member]) -> str:
     best = max(finite) if finite else float("nan")
     mean = statistics.fmean(finite) if finite else float("nan")
     return f"round {round_ + 1}: best {best:.4f}, mean {mean:.4f}, {copies} members had copied"
-
-
-def _plot(result: PBTResult, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    names = list(result.members[0].hyperparameters)
-    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-    for axis, name in zip(axes[0], names, strict=True):
-        for member in result.members:
-            steps = [0] + [entry["steps"] for entry in member.schedule]
-            values = [entry["hyperparameters"][name] for entry in member.schedule]
-            if isinstance(values[0], tuple):
-                values = [value[-1] for value in values]
-                name_shown = f"{name}[-1]"
-            else:
-                name_shown = name
-            axis.step(steps, values + values[-1:], where="post", alpha=0.7)
-            axis.set(xlabel="training step", ylabel=name_shown, title=name_shown)
-        if name in ("lr", "weight_decay"):
-            axis.set_yscale("log")
-    figure.suptitle(f"PBT schedules: {result.optimizer_name} on each member")
-    figure.tight_layout()
-    return _common.save_figure(figure, path)
 
 
 def _compare(args: Any) -> int:
@@ -175,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results written to {_common.write_json(args.json, summary)}")
     if not args.no_plot:
         _common.use_agg()
-        print(f"plot: {_plot(result, Path(args.out) / 'schedules.png')}")
+        from torchopt_edu.tuning.plots import plot_pbt_schedules
+
+        figure = plot_pbt_schedules(result)
+        print(f"plot: {_common.save_figure(figure, Path(args.out) / 'schedules.png')}")
     return 0
 
 

@@ -24,7 +24,12 @@ from torchopt_edu.optim._checks import MAX_SEED
 from torchopt_edu.tuning.compare import SamplerComparison, compare_samplers, workload_task
 from torchopt_edu.tuning.config import SCHEDULES, OptimizerConfig, Schedule, optimizer_class
 from torchopt_edu.tuning.pbt import Member, PBTResult, population_based_training
-from torchopt_edu.tuning.plots import param_importances, plot_history, plot_importance
+from torchopt_edu.tuning.plots import (
+    param_importances,
+    plot_history,
+    plot_importance,
+    plot_pbt_schedules,
+)
 from torchopt_edu.tuning.space import (
     DEFAULT_OPTIMIZER_SPACES,
     DEFAULT_SCHEDULE_SPACES,
@@ -106,6 +111,7 @@ __all__ = [
     "param_importances",
     "plot_history",
     "plot_importance",
+    "plot_pbt_schedules",
     "population_based_training",
     "quadratic_task",
     "supervised_task",
