@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from torchopt_edu.federated import InvalidUpdateError, average, check_update, fed_avg, weighted_sum
-from torchopt_edu.federated.aggregate import scale_weights
+from torchopt_edu.federated.aggregate import all_finite, scale_weights
 
 
 def test_fed_avg_equals_hand_computed_weighted_mean():
@@ -181,6 +181,20 @@ def test_a_sum_that_overflows_float64_is_reported_by_tensor():
         weighted_sum([huge, huge], [1, 1], huge)
     # fed_avg scales the weights to [0.5, 0.5] first, so this mean does not overflow
     assert fed_avg([huge, huge], [1, 1])["w"].item() == 1e308
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.complex64])
+def test_all_finite_finds_any_nan_or_inf_and_is_not_fooled_by_a_sum_that_overflows(dtype):
+    big = torch.finfo(torch.float16 if dtype == torch.float16 else torch.float32).max
+    state = {"w": torch.full((4, 3), big / 2).to(dtype), "n": torch.tensor([2**62, 2**62])}
+    assert all_finite(state)  # the sum of w overflows, every value is finite; ints are skipped
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for other in (1.0, -float("inf")):  # inf + -inf = NaN: still not finite
+            poisoned = {**state, "b": torch.tensor([other, 0.0, bad]).to(dtype)}
+            assert not all_finite(poisoned)
+    if dtype.is_complex:
+        assert not all_finite({"z": torch.tensor([complex(1.0, float("nan"))]).conj()})
+    assert all_finite({}) and all_finite({"n": torch.tensor([7])})
 
 
 def test_a_non_finite_update_with_weight_zero_is_still_rejected():

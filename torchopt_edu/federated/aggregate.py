@@ -74,14 +74,17 @@ def check_structure(update: State, reference: State, client: object) -> None:
 def all_finite(state: State) -> bool:
     """Whether every floating-point and complex value of ``state`` is finite.
 
-    One ``isfinite`` over all tensors joined (on one device) instead of one per tensor: for a
-    small MLP the per-tensor calls cost 4x more. Callers that must name the offending tensor
-    search tensor by tensor only when this is ``False``.
+    A sum is finite only if every value summed is (NaN and inf propagate through it), so one
+    sum per tensor, added in Python, answers for the whole state; only a sum that overflows
+    or is not finite leads to checking the values tensor by tensor. For a small MLP this costs
+    a third of one ``isfinite`` per tensor.
     """
     floating = [t for t in state.values() if t.is_floating_point() or t.is_complex()]
-    if len({t.device for t in floating}) > 1:
-        return all(bool(torch.isfinite(t).all()) for t in floating)
-    return not floating or bool(torch.isfinite(torch.cat([t.reshape(-1) for t in floating])).all())
+    total = 0.0
+    for tensor in floating:
+        partial = tensor.sum()
+        total += float(partial.abs() if partial.is_complex() else partial)
+    return math.isfinite(total) or all(bool(torch.isfinite(t).all()) for t in floating)
 
 
 def check_finite(update: State, client: object) -> None:
@@ -186,15 +189,17 @@ def weighted_sum(
     }
     totals = list(sums.values())
     for state, weight in zip(states, weights, strict=True):
-        terms = [state[name].to(device=t.device, dtype=t.dtype) for name, t in sums.items()]
+        # add_ casts each value to the float64 sum's dtype exactly, as .to(float64) would
+        terms = [state[name].to(device=t.device) for name, t in sums.items()]
         torch._foreach_add_(totals, terms, alpha=weight)
-    # NaN and inf propagate through a sum (even with weight 0: 0 * inf = NaN), so one check
-    # per tensor covers every client; only when it fails are the clients searched one by one
-    for name, total in sums.items():
-        if not bool(torch.isfinite(total).all()):
-            for state, client in zip(states, clients, strict=True):
-                check_finite({name: state[name]}, client)
-            raise ValueError(f"the weighted sum of tensor {name!r} overflowed float64")
+    # NaN and inf propagate through a sum (even with weight 0: 0 * inf = NaN), so checking the
+    # sums covers every client; only when that fails are the clients searched one by one
+    if not all_finite(sums):
+        for name, total in sums.items():
+            if not bool(torch.isfinite(total).all()):
+                for state, client in zip(states, clients, strict=True):
+                    check_finite({name: state[name]}, client)
+                raise ValueError(f"the weighted sum of tensor {name!r} overflowed float64")
     return sums, weight_sum
 
 
