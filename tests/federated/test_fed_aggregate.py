@@ -1,5 +1,7 @@
 """fed_avg, weighted_sum/average and check_update: hand-computed means and named errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -195,6 +197,9 @@ def test_all_finite_finds_any_nan_or_inf_and_is_not_fooled_by_a_sum_that_overflo
     if dtype.is_complex:
         assert not all_finite({"z": torch.tensor([complex(1.0, float("nan"))]).conj()})
     assert all_finite({}) and all_finite({"n": torch.tensor([7])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # parameters that require grad are read without a warning
+        assert all_finite(dict(torch.nn.Linear(2, 2).named_parameters()))
 
 
 def test_a_non_finite_update_with_weight_zero_is_still_rejected():

@@ -71,6 +71,7 @@ def check_structure(update: State, reference: State, client: object) -> None:
             )
 
 
+@torch.no_grad()
 def all_finite(state: State) -> bool:
     """Whether every floating-point and complex value of ``state`` is finite.
 
