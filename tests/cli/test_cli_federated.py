@@ -135,6 +135,15 @@ def test_cli_bad_arguments_exit_2_naming_the_argument(argv, message, capsys, tmp
     assert not (tmp_path / "out" / "history.csv").exists()
 
 
+def test_help_names_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.1)" in text  # --lr
+    assert "(default runs/federated)" in text and "(default: runs/federated)" not in text
+    assert "(default 0)" in text and "(default 0) (default: 0)" not in text
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_without_cuda_is_an_argument_error(capsys):
     for main in (cli.main, federated_bench.main):

@@ -87,10 +87,11 @@ CHECKPOINT = "checkpoint.pt"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except ``None`` (an option whose default depends on another one)."""
+    """Shows defaults, except ``None`` (an option whose default depends on another one) and
+    those the help already names (the shared ``--out``, ``--seed``, ``--device``)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
+        if action.default is None or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
