@@ -208,3 +208,19 @@ def test_flower_bench_refuses_a_warmup_as_long_as_the_run(capsys):
         main(["--rounds", "2", "--warmup", "2"])
     assert exit_.value.code == 2
     assert "--warmup (2) must be below --rounds (2)" in capsys.readouterr().err
+
+
+def test_flower_bench_line_names_the_setting_and_the_thread_count():
+    from torchopt_edu.cli.flower_bench import format_result
+
+    result = {
+        "clients": 100, "sampled": 10, "local_epochs": 5, "batch_size": 10, "rounds": 12,
+        "warmup": 2, "threads": 1, "rounds_per_s": 12.345, "flower_rounds_per_s": 2.5,
+        "speedup": 4.938, "test_accuracy": 0.8306, "flower_test_accuracy": 0.8306,
+    }  # fmt: skip
+    assert format_result(result) == (
+        "digits, 100 clients, 10 sampled per round, E=5 B=10, 10 timed rounds: torchopt-edu "
+        "with 1 thread 12.35 rounds/s, Flower simulation (one single-CPU ClientApp actor per "
+        "core) 2.50 rounds/s (4.9x); final test accuracy 0.8306 and 0.8306"
+    )
+    assert "with 2 threads" in format_result({**result, "threads": 2})

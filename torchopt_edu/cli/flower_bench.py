@@ -41,9 +41,11 @@ def format_result(result: dict[str, Any]) -> str:
     return (
         f"digits, {result['clients']} clients, {result['sampled']} sampled per round, "
         f"E={result['local_epochs']} B={result['batch_size']}, "
-        f"{result['rounds'] - result['warmup']} timed rounds: torchopt-edu "
-        f"{result['rounds_per_s']:.2f} rounds/s, Flower simulation "
-        f"{result['flower_rounds_per_s']:.2f} rounds/s ({result['speedup']:.1f}x); final test "
+        f"{result['rounds'] - result['warmup']} timed rounds: torchopt-edu with "
+        f"{result['threads']} thread{'s' if result['threads'] != 1 else ''} "
+        f"{result['rounds_per_s']:.2f} rounds/s, Flower simulation (one single-CPU ClientApp "
+        f"actor per core) {result['flower_rounds_per_s']:.2f} rounds/s "
+        f"({result['speedup']:.1f}x); final test "
         f"accuracy {result['test_accuracy']:.4f} and {result['flower_test_accuracy']:.4f}"
     )
 

@@ -481,7 +481,8 @@ def compare_with_flower(run_config: RunConfig, warmup: int = 2) -> dict[str, Any
     Both run ``run_config["rounds"]`` rounds; the first ``warmup`` are not timed (Flower's
     first round also starts Ray and its actors). A round's time is its training, messaging and
     aggregation plus the evaluation on the test set. Returns both rates, their ratio, both
-    final accuracies (equal: the same global model) and the setting.
+    final accuracies (equal: the same global model), the setting and ``threads`` (torch threads
+    of this package's simulation; Flower's actors run one each).
     """
     rounds = int(run_config.get("rounds", 3))
     if not 0 <= warmup < rounds:
@@ -510,6 +511,7 @@ def compare_with_flower(run_config: RunConfig, warmup: int = 2) -> dict[str, Any
         "batch_size": experiment.train.batch_size,
         "rounds": rounds,
         "warmup": warmup,
+        "threads": simulation.threads,
         "rounds_per_s": rate(ours),
         "flower_rounds_per_s": rate(theirs),
         "speedup": rate(ours) / rate(theirs),
