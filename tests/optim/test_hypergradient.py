@@ -9,7 +9,7 @@ import pytest
 import torch
 from optim_cases import IMPLS, assert_close_lists, clone_params, make_params, set_grads
 
-from torchopt_edu.optim import SGDHD, AdamHD
+from torchopt_edu.optim import SGDHD, Adam, AdamHD
 
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
 
@@ -296,3 +296,19 @@ def test_cuda_matches_cpu(cls):
         cuda_opt.step()
     assert cuda_opt.param_groups[0]["lr"] == pytest.approx(cpu_opt.param_groups[0]["lr"])
     assert_close_lists([p.cpu() for p in cuda], cpu, torch.float64)
+
+
+@pytest.mark.parametrize("cls", [SGDHD, AdamHD])
+def test_step_hooks_run_once_per_step_after_the_base_class_was_built(cls):
+    # torch wraps a class's step with the hook runner when its first instance is built;
+    # AdamHD's step must not run Adam's wrapped step (and its hooks) a second time
+    torch.optim.Adam([torch.nn.Parameter(torch.ones(1))])
+    Adam([torch.nn.Parameter(torch.ones(1))])
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = cls([p], lr=0.1)
+    calls = []
+    optimizer.register_step_pre_hook(lambda *_: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *_: calls.append("post"))
+    p.grad = torch.ones(3)
+    optimizer.step()
+    assert calls == ["pre", "post"]

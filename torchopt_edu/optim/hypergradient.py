@@ -69,7 +69,9 @@ class _LearnsLr(EduOptimizer):
         for group, lr in zip(self.param_groups, learned, strict=True):
             _set_lr(group, lr)
         try:
-            super().step()
+            # not super().step(): for AdamHD that is Adam.step, which torch wraps with the
+            # step hooks once any Adam is built, and the hooks would run twice
+            EduOptimizer.step(self)
         except BaseException:
             for group, lr in zip(self.param_groups, previous, strict=True):
                 group["lr"] = lr
