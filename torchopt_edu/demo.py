@@ -91,8 +91,10 @@ def load_dataset(name: str, seed: int) -> tuple[Split, Split]:
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     n_test = len(labels) // 5
     test, train = order[:n_test], order[n_test:]
-    mean, std = features[train].mean(0), features[train].std(0).clamp_min(1e-6)
-    features = (features - mean) / std
+    mean, std = features[train].mean(0), features[train].std(0)
+    # a feature constant on the training set is centred, not scaled (as scikit-learn's
+    # StandardScaler does): dividing by a tiny std would blow up its test values
+    features = (features - mean) / torch.where(std > 0, std, 1.0)
     return Split(features[train], labels[train]), Split(features[test], labels[test])
 
 

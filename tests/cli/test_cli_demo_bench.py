@@ -81,6 +81,16 @@ def test_demo_plot_marks_identical_curves():
     plt.close(figure)
 
 
+def test_features_constant_on_the_training_set_are_centred_not_blown_up():
+    # digits, seed 0: pixel 56 is 0 in every training image and 1/16 in one test image; a
+    # near-zero std made that 62,500 and one image dominated the mean test loss
+    train_split, test_split = demo.load_dataset("digits", seed=0)
+    constant = train_split.features.std(0) == 0
+    assert constant.any()
+    assert test_split.features[:, constant].abs().max() <= 1.0
+    assert test_split.features.abs().max() < 100
+
+
 def test_demo_learns_digits():
     train_split, test_split = demo.load_dataset("digits", seed=0)
     model = demo.make_model(64, 10, seed=0)
