@@ -49,6 +49,7 @@ napoleon_use_rtype = False
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "substitution"]
 myst_heading_anchors = 3
 nb_execution_mode = "off"  # notebooks are rendered with the outputs stored in them
+nb_render_markdown_format = "gfm"  # Markdown tables printed by notebooks render as tables
 
 
 def bench_table(path: Path) -> str:
