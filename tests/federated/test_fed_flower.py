@@ -86,7 +86,12 @@ def test_flower_simulation_gives_the_built_in_model():
         "batch-size": 32,
         "alpha": 0.5,
     }
-    model, history = run_flower_simulation(lambda run_config: digits_experiment(config))
+    # one single-CPU actor runs both clients: a second actor's start-up (Ray worker, torch)
+    # would double the test's cost and change nothing it checks
+    one_actor = {"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 1}}
+    model, history = run_flower_simulation(
+        lambda run_config: digits_experiment(config), backend_config=one_actor
+    )
     expected_state, expected_history = simulate(config)
     assert_same_model(model.state_dict(), expected_state)
     assert [r["test_accuracy"] for r in history] == [r["test_accuracy"] for r in expected_history]
