@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import os
 import time
 
 import pytest
@@ -112,26 +113,49 @@ class _HangingClient(Client):
         return super().fit(model, global_state, train, seed)
 
 
+class _DyingClient(Client):
+    """Trains normally the first time, then its process dies (a crash in native code, a kill
+    by the out-of-memory killer)."""
+
+    calls = 0
+
+    def fit(self, model, global_state, train, seed):
+        type(self).calls += 1
+        if type(self).calls > 1:
+            os._exit(3)
+        return super().fit(model, global_state, train, seed)
+
+
 def _small_clients(count):
     x_train, y_train, _, _ = load_digits_split(seed=0)
     x, y = x_train[: 20 * count], y_train[: 20 * count]
     return make_clients(x, y, dirichlet_partition(y, count, alpha=1.0, seed=0))
 
 
-def test_a_hanging_worker_times_out_within_seconds_and_completed_rounds_are_kept(tmp_path):
+@pytest.mark.parametrize(
+    ("faulty", "message"),
+    [
+        (_HangingClient, "a worker did not answer within timeout=3 s"),
+        (_DyingClient, "worker 1 died"),
+    ],
+)
+def test_a_hanging_or_dead_worker_stops_the_run_within_seconds_and_completed_rounds_are_kept(
+    tmp_path, faulty, message
+):
     clients = _small_clients(2)
-    clients[1] = _HangingClient(1, clients[1].features, clients[1].labels)  # rank 1's client
+    clients[1] = faulty(1, clients[1].features, clients[1].labels)  # rank 1's client
     train = LocalTraining(functools.partial(SGD, lr=0.1), epochs=1, batch_size=10)
     torch.manual_seed(0)
     model = MLP(hidden=8)
     initial = copy.deepcopy(model.state_dict())
     path = tmp_path / "run.pt"
     start = time.monotonic()
-    with pytest.raises(WorkerError, match=r"after 1 completed rounds: a worker did not answer "):
+    with pytest.raises(WorkerError, match=rf"after 1 completed rounds: {message}") as error:
         run_distributed(
             model, clients, FedAdam(), train, 3, fraction=1.0, timeout=3, checkpoint=path
         )
     assert time.monotonic() - start < 60  # gloo's default would wait 30 minutes
+    assert [r["round"] for r in error.value.history] == [1] and error.value.checkpoint == path
 
     expected = MLP(hidden=8)
     expected.load_state_dict(initial)
