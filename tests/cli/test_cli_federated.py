@@ -253,14 +253,18 @@ def test_cli_robust_clipped_compressed_attacked_faulty_rounds_are_recorded(tmp_p
     args = [*SMALL, "--strategy", "krum", "--malicious", "1", "--keep", "2", "--clip-norm", "5"]
     args += ["--attack", "sign_flip", "--compress", "topk", "--compress-ratio", "0.1"]
     assert cli.main([*args, "--dropout", "0.3", "--min-replies", "1", "--out", str(out)]) == 0
-    assert (
-        "ClipUpdates(Krum(num_malicious_clients=1, num_clients_to_keep=2)"
-        in capsys.readouterr().out
-    )
+    printed = capsys.readouterr().out
+    assert "ClipUpdates(Krum(num_malicious_clients=1, num_clients_to_keep=2)" in printed
+    assert "test acc  kB sent" in printed
     rows = list(csv.DictReader((out / "history.csv").open()))
     parameters = sum(p.numel() for p in MLP().parameters())
     for row in rows:  # top-10%: a value and an int32 index per kept entry
         assert int(row["bytes_sent"]) == int(row["replies"]) * 8 * math.ceil(0.1 * parameters)
+        # the bytes sent are printed beside the accuracy
+        accuracy_and_bytes = (
+            f"{float(row['test_accuracy']):8.3f} {int(row['bytes_sent']) / 1e3:8.1f}"
+        )
+        assert accuracy_and_bytes in printed
     assert {"dropped", "late", "failed", "skipped", "refused"} <= set(rows[0])
 
 

@@ -66,7 +66,7 @@ from torchopt_edu.optim import resolve_optimizer, valid_names
 SERVER_OPTIMIZER_STRATEGIES = ("fedopt", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold")
 HEADER = (
     f"{'round':>5} {'clients':>7} {'samples':>7} {'train loss':>10} {'test loss':>9} "
-    f"{'test acc':>8} {'time s':>7}"
+    f"{'test acc':>8} {'kB sent':>8} {'time s':>7}"
 )
 
 
@@ -403,7 +403,8 @@ def print_row(record: Record) -> None:
     tqdm.write(
         f"{record['round']:>5} {record['clients']:>7} {record['samples']:>7} "
         f"{record['train_loss']:>10.4f} {record['test_loss']:>9.4f} "
-        f"{record['test_accuracy']:>8.3f} {record['round_time_s']:>7.3f}"
+        f"{record['test_accuracy']:>8.3f} {record['bytes_sent'] / 1e3:>8.1f} "
+        f"{record['round_time_s']:>7.3f}"
     )
 
 
