@@ -10,6 +10,10 @@ runs meta-steps until ``--steps`` or ``--minutes`` runs out, writes ``checkpoint
 ``--checkpoint-every`` meta-steps and at the end (``--resume`` continues from it, exactly), and
 writes ``weights.pt`` (load it with ``torchopt_edu.learned.load_net`` and pass it as
 ``LearnedOptimizer(params, net=...)``), ``history.json`` and ``meta_loss.png`` under ``--out``.
+
+``torchopt-edu learn-optimizer --evaluate --seeds 10 --out runs/held-out`` runs the held-out
+evaluation instead (:func:`torchopt_edu.learned.evaluate.evaluate`): it prints the summary
+table and writes ``evaluation.json`` (every run's losses and metrics) and ``held_out.png``.
 """
 
 from __future__ import annotations
@@ -95,7 +99,8 @@ def build_parser() -> _common.Parser:
     evaluation = parser.add_argument_group(
         "held-out evaluation (instead of meta-training)",
         "--evaluate compares the shipped weights with Adam (default and tuned) and the ablation "
-        "on workloads meta-training never saw; prints the table, writes evaluation.json",
+        "on workloads meta-training never saw; prints the table, writes evaluation.json and "
+        "held_out.png (the loss curves)",
     )
     evaluation.add_argument(
         "--evaluate", action="store_true", help="evaluate instead of meta-training"
@@ -235,6 +240,11 @@ def _evaluate(parser: _common.Parser, args: argparse.Namespace) -> int:
     print(f"wrote {_common.write_json(args.out / 'evaluation.json', record)}")
     if args.json is not None:
         print(f"wrote {_common.write_json(args.json, record)}")
+    if not args.no_plot:
+        _common.use_agg()
+        from torchopt_edu.learned.plot import plot_held_out
+
+        print(f"wrote {_common.save_figure(plot_held_out(runs), Path(args.out) / 'held_out.png')}")
     return 0
 
 
@@ -259,6 +269,13 @@ def build_bench_parser() -> _common.Parser:
     parser.add_argument(
         "--hidden", type=_argtypes.positive_int, default=8, help="per-coordinate MLP width (8)"
     )
+    parser.add_argument(
+        "--threads",
+        type=_argtypes.positive_int,
+        default=None,
+        help="torch's intra-op threads (default: torch's; 1 on a busy machine, where spinning "
+        "threads inflate every row)",
+    )
     _common.add_common(parser, device="cpu", progress=False, plot=False)
     return parser
 
@@ -270,6 +287,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser = build_bench_parser()
     args = parser.parse_args(argv)
     _common.check_outputs(parser, files=[("--json", args.json)])
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rows = step_time_table(
         QUICK_SHAPES if args.quick else SHAPES,
         steps=args.steps,

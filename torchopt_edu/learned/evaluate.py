@@ -236,7 +236,7 @@ def _median(values: Sequence[float | int | None]) -> float:
 
 
 def format_summary(rows: Sequence[Summary]) -> str:
-    """The summaries as a Markdown table."""
+    """The summaries as a Markdown table (``-`` where no run reached the target)."""
     lines = [
         "| workload | optimizer | lr | reached | diverged | steps to target | s to target "
         "| final train loss | final metric |",
@@ -245,8 +245,13 @@ def format_summary(rows: Sequence[Summary]) -> str:
     for r in rows:
         lines.append(
             f"| {r.workload} | {r.optimizer} | {r.lr:g} | {r.reached}/{r.runs} | "
-            f"{r.diverged}/{r.runs} | {r.median_steps_to_target:.0f} | "
-            f"{r.median_seconds_to_target:.2f} | {r.median_final_loss:.4f} | "
-            f"{r.median_final_metric:.4f} |"
+            f"{r.diverged}/{r.runs} | {_cell(r.median_steps_to_target, '.0f')} | "
+            f"{_cell(r.median_seconds_to_target, '.2f')} | {_cell(r.median_final_loss, '.4f')} | "
+            f"{_cell(r.median_final_metric, '.4f')} |"
         )
     return "\n".join(lines)
+
+
+def _cell(value: float, spec: str) -> str:
+    """``value`` formatted, or ``-`` where no run gave one (NaN)."""
+    return "-" if math.isnan(value) else format(value, spec)

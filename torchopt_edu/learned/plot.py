@@ -1,11 +1,13 @@
-"""Plots: the parameter graph of a model, and the meta-training curve."""
+"""Plots: the parameter graph of a model, the meta-training curve, the held-out runs."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
+from torchopt_edu.learned.evaluate import Run
 from torchopt_edu.learned.graph import BACKWARD, EDGE_TYPES, FORWARD, ParameterGraph
 
 _EDGE_STYLE = {0: ("tab:orange", "-"), FORWARD: ("tab:blue", "-"), BACKWARD: ("tab:gray", ":")}
@@ -52,6 +54,7 @@ def plot_parameter_graph(graph: ParameterGraph, title: str = "") -> Figure:
             fontsize=7,
         )
     axes.set_xlabel("layer (computation order)")
+    axes.set_xticks(range(max(graph.layer) + 1))
     axes.set_yticks([])
     axes.margins(0.2, 0.4)
     axes.legend(fontsize=7, loc="lower right")
@@ -71,4 +74,39 @@ def plot_meta_history(history: Sequence[float], window: int = 20, title: str = "
     axes.set_ylabel("meta-loss (mean log loss ratio)")
     axes.set_title(title or "meta-training")
     axes.legend(fontsize=8)
+    return figure
+
+
+def plot_held_out(runs: Sequence[Run], unroll: int = 50, smooth: int = 10) -> Figure:
+    """Training loss against step on each held-out workload, one line per optimizer.
+
+    A line is the median over seeds, at each step, of the ``smooth``-step moving mean of the
+    training loss (a diverged run stops where it diverged); the dotted line marks
+    meta-training's ``unroll``, the horizon the learned optimizer was trained for.
+    """
+    workloads = list(dict.fromkeys(run.workload for run in runs))
+    figure = Figure(figsize=(4.2 * len(workloads), 3.4))
+    axes = figure.subplots(1, len(workloads), squeeze=False)[0]
+    for ax, workload in zip(axes, workloads, strict=True):
+        by_optimizer: dict[str, list[list[float]]] = {}
+        for run in runs:
+            if run.workload == workload:
+                curve = [
+                    statistics.fmean(run.losses[max(0, i - smooth + 1) : i + 1])
+                    for i in range(len(run.losses))
+                ]
+                by_optimizer.setdefault(run.optimizer, []).append(curve)
+        for optimizer, curves in by_optimizer.items():
+            length = max(len(curve) for curve in curves)
+            median = [
+                statistics.median(curve[i] for curve in curves if i < len(curve))
+                for i in range(length)
+            ]
+            ax.plot(range(1, length + 1), median, lw=1.2, label=optimizer)
+        ax.axvline(unroll, color="gray", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(workload)
+    axes[0].set_ylabel(f"training loss ({smooth}-step mean, median over seeds)")
+    axes[0].legend(fontsize=7)
     return figure
