@@ -147,7 +147,7 @@ class Client:
             start = time.perf_counter()
             loss_sum, steps, lr_sum = self._train(model, params, global_params, train)
             train_time = time.perf_counter() - start
-        state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        state = {name: tensor.clone() for name, tensor in model.state_dict().items()}  # detached
         metrics = {
             "loss": loss_sum / steps,
             "train_time_s": train_time,
