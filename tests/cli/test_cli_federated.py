@@ -5,6 +5,9 @@ import functools
 import json
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,6 +211,33 @@ def test_cli_workers_give_the_same_rounds_as_one_process(tmp_path):
     assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
     assert cli.main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
     columns = ("round", "clients", "samples", "rejected", "test_loss", "test_accuracy")
+    runs = [list(csv.DictReader((tmp_path / run / "history.csv").open())) for run in ("one", "two")]
+    assert [[row[c] for c in columns] for row in runs[0]] == [
+        [row[c] for c in columns] for row in runs[1]
+    ]
+
+
+def test_torchrun_ranks_give_the_same_rounds_as_one_process(tmp_path):
+    """Two ranks under torchrun (gloo), on the gather path (robust, compressed, attacked)."""
+    command = Path(sys.executable).parent / "torchopt-edu"
+    if not command.exists():
+        pytest.skip(f"the torchopt-edu console script is not installed next to {sys.executable}")
+    args = [*SMALL, "--strategy", "fedmedian", "--compress", "topk", "--attack", "sign_flip"]
+    args += ["--no-plot"]
+    assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    launch += ["2", "--no-python", str(command), "federated", "--launcher", "torchrun"]
+    run = subprocess.run(
+        [*launch, *args, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("final test accuracy") == 1  # rank 0 reports, rank 1 is quiet
+    columns = ("round", "clients", "samples", "train_loss", "test_loss", "test_accuracy")
+    columns += ("bytes_sent",)
     runs = [list(csv.DictReader((tmp_path / run / "history.csv").open())) for run in ("one", "two")]
     assert [[row[c] for c in columns] for row in runs[0]] == [
         [row[c] for c in columns] for row in runs[1]
