@@ -28,10 +28,14 @@ EXTRAS = {
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 # Not in "all": a Jupyter front end to open the notebooks (`jupyter lab notebooks/`).
 EXTRAS["notebooks"] = EXTRAS["all"] + ["jupyterlab>=4", "ipykernel>=6"]
+# Not in "all": Ray Tune's PopulationBasedTraining scheduler for populations over several
+# machines (tuning.ray_pbt; pandas and pyarrow come with it).
+EXTRAS["ray"] = ["ray[tune]>=2.9"]
 # Not in "all": only for building the documentation site (docs/).
 EXTRAS["docs"] = ["sphinx>=7.2", "myst-nb>=1.1", "furo>=2024.1"]
 EXTRAS["dev"] = (
     EXTRAS["all"]
+    + EXTRAS["ray"]
     + EXTRAS["docs"]
     + [
         "pytest>=7",
