@@ -257,3 +257,23 @@ def test_shipped_weights_load_with_weights_only_and_are_the_default():
     assert not LearnedOptimizer(model.parameters(), use_graph=False).net.use_graph
     trained = any(v.abs().sum() > 0 for v in shipped.graph.out.state_dict().values())
     assert trained, "the shipped weights are meta-trained, not the untrained (Adam) net"
+
+
+def test_strided_parameter_gets_the_numbers_of_a_contiguous_one():
+    """A non-contiguous parameter (updated through a copy) moves as its contiguous twin."""
+    net = _trained_net()
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+    grads = [torch.randn(4, 6, generator=generator, dtype=torch.float64) for _ in range(3)]
+    strided = nn.Parameter(data.clone()).t()  # a [4, 6] view with strides (1, 4)
+    strided = strided.detach().requires_grad_()
+    assert not strided.is_contiguous()
+    twin = nn.Parameter(data.t().contiguous())
+    for p in (strided, twin):
+        optimizer = LearnedOptimizer([p], lr=0.1, net=net)
+        for grad in grads:
+            p.grad = grad.clone()
+            optimizer.step()
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(strided, twin, rtol=0, atol=1e-14)
+    assert (twin - data.t()).abs().max() > 1e-3  # they moved
