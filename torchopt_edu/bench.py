@@ -166,7 +166,6 @@ ALGORITHMS: dict[str, Algorithm] = {
             (_reference("schedulefree", "schedulefree", "SGDScheduleFree"),),
             5,
             yardstick=True,
-            modes=("foreach", "default"),  # Schedule-Free and Prodigy have no flat mode
         ),
         Algorithm(
             "adamwschedulefree",
@@ -174,7 +173,6 @@ ALGORITHMS: dict[str, Algorithm] = {
             (_reference("schedulefree", "schedulefree", "AdamWScheduleFree"),),
             7,
             yardstick=True,
-            modes=("foreach", "default"),
         ),
         Algorithm(
             "prodigy",
@@ -182,7 +180,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             (_reference("prodigyopt", "prodigyopt", "Prodigy"),),
             10,  # p, g, p0, m, v, s read; p, m, v, s written
             yardstick=True,
-            modes=("foreach", "default"),
+            modes=("foreach", "default"),  # Prodigy has no flat mode
         ),
         Algorithm("sgdhd", lambda p, **k: ours.SGDHD(p, **k), (), 5, yardstick=True),
         Algorithm("adamhd", lambda p, **k: ours.AdamHD(p, **k), (), 7, yardstick=True),

@@ -29,7 +29,12 @@ OPTIONS = {
         dict(lr=0.02, warmup_steps=5, betas=(0.95, 0.9)),
     ],
 }
-IMPLS = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "default": dict()}
+IMPLS = {
+    "loop": dict(foreach=False),
+    "foreach": dict(foreach=True),
+    "default": dict(),
+    "flat": dict(flat=True),
+}
 CASES = [
     (name, options, impl)
     for name, option_list in OPTIONS.items()
@@ -186,9 +191,10 @@ def _resume_case(cls, options):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["tensors", "flat"])
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_state_dict_resume_is_exact(name):
-    _resume_case(OURS[name], dict(lr=0.02, warmup_steps=4, weight_decay=0.01))
+def test_state_dict_resume_is_exact(name, flat):
+    _resume_case(OURS[name], dict(lr=0.02, warmup_steps=4, weight_decay=0.01, flat=flat))
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
@@ -232,7 +238,6 @@ def test_state_dicts_load_both_ways_with_schedulefree(name):
         (AdamWScheduleFree, dict(betas=(0.0, 0.9)), ValueError, r"betas\[0\]=0.0"),
         (AdamWScheduleFree, dict(betas=(0.9, 1.0)), ValueError, r"betas\[1\]=1.0"),
         (AdamWScheduleFree, dict(eps=-1e-8), ValueError, "Invalid eps value: -1e-08"),
-        (AdamWScheduleFree, dict(flat=True), ValueError, "does not support flat=True"),
     ],
 )
 def test_bad_hyper_parameters_are_named(cls, options, error, message):

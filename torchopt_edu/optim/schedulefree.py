@@ -138,13 +138,8 @@ class _ScheduleFree(EduOptimizer):
         check_int("warmup_steps", defaults["warmup_steps"], minimum=0)
         check_number("r", defaults["r"], 0.0)
         check_number("weight_lr_power", defaults["weight_lr_power"], 0.0)
-        if flat:
-            raise ValueError(
-                f"{type(self).__name__} does not support flat=True (train() and eval() move "
-                "the parameters between two points); use flat=False"
-            )
         counters = dict(k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
-        super().__init__(params, {**defaults, **counters})
+        super().__init__(params, {**defaults, **counters}, flat=flat)
 
     def _beta(self, group: dict[str, Any]) -> float:
         """The interpolation weight beta between z and x (momentum or betas[0])."""
@@ -242,7 +237,8 @@ class SGDScheduleFree(_ScheduleFree):
 
     Defaults (as the reference ``schedulefree.SGDScheduleFree``): ``lr=1.0, momentum=0.9,
     weight_decay=0, warmup_steps=0, r=0, weight_lr_power=2``. ``momentum`` must lie in
-    (0, 1). ``flat=True`` is not supported.
+    (0, 1). ``flat=True`` keeps parameters, gradients and ``z`` in one buffer per device and
+    dtype (one kernel per line for thousands of small tensors).
 
     When to use it: where you would use SGD with momentum and a tuned schedule (vision
     models); it needs no stopping time and typically matches cosine decay. Learning rates are
@@ -314,7 +310,7 @@ class AdamWScheduleFree(_ScheduleFree):
     Defaults (as the reference ``schedulefree.AdamWScheduleFree``): ``lr=0.0025,
     betas=(0.9, 0.999), eps=1e-8, weight_decay=0, warmup_steps=0, r=0, weight_lr_power=2``.
     ``betas[0]`` must be > 0 (x is recovered from y and z by dividing by it). ``flat=True``
-    is not supported.
+    keeps parameters, gradients, ``z`` and ``v`` in one buffer per device and dtype.
 
     When to use it: in place of AdamW plus a warm-up/cosine schedule, especially when the
     training length is not known in advance; use a warm-up (``warmup_steps``) as you would
