@@ -238,7 +238,10 @@ def test_bench_times_every_optimizer_of_the_package():
             | {"ours", "ours flat"},
         ),
         ("prodigy", {"ref prodigyopt", bench.YARDSTICK, "ours foreach", "ours"}),
-        ("adamwschedulefree", {"ref schedulefree", bench.YARDSTICK, "ours foreach", "ours"}),
+        (
+            "adamwschedulefree",
+            {"ref schedulefree", bench.YARDSTICK, "ours foreach", "ours", "ours flat"},
+        ),
         ("yogi", {bench.YARDSTICK, "ours foreach", "ours", "ours flat"}),
         ("muon", {"torch loop", "ours foreach", "ours"}),
     ],
