@@ -252,10 +252,9 @@ def spread(times: Sequence[float]) -> float:
 
 
 def _params(
-    n_tensors: int, size: int, device: torch.device, seed: int, matrices: bool = False
+    n_tensors: int, shape: tuple[int, ...], device: torch.device, seed: int
 ) -> list[Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    shape = (math.isqrt(size),) * 2 if matrices else (size,)
     params = []
     for _ in range(n_tensors):
         p = torch.randn(shape, generator=generator).to(device).requires_grad_()
@@ -326,12 +325,12 @@ def run_shape(
     square at or below it).
     """
     label, n_tensors, size = shape
+    tensor_shape = (math.isqrt(size),) * 2 if algorithm.matrices else (size,)
     if algorithm.matrices:
-        side = math.isqrt(size)
-        label = f"{label} ({side}x{side})"
+        label = f"{label} ({tensor_shape[0]}x{tensor_shape[1]})"
 
     def params() -> list[Tensor]:
-        return _params(n_tensors, size, device, seed, matrices=algorithm.matrices)
+        return _params(n_tensors, tensor_shape, device, seed)
 
     candidates: dict[str, Optimizer] = {}
     for baseline in algorithm.baselines:
@@ -357,7 +356,7 @@ def run_shape(
     baselines = [medians[b.name] for b in algorithm.baselines if b.name in medians]
     fastest_baseline = min(baselines, default=math.nan)
     yardstick = medians.get(YARDSTICK, math.nan)
-    n_params = n_tensors * (math.isqrt(size) ** 2 if algorithm.matrices else size)
+    n_params = n_tensors * math.prod(tensor_shape)
 
     def bytes_moved(candidate: str) -> int:
         return (ADAM_ARRAYS if candidate == YARDSTICK else algorithm.arrays_moved) * n_params * 4
@@ -380,7 +379,7 @@ def run_shape(
 
 def memory_growth(device: torch.device, steps: int) -> dict[str, float]:
     """Resident memory (MB) gained over ``steps`` Adam steps after warm-up; ~0 means no leak."""
-    params = _params(50, 2_000, device, 0)
+    params = _params(50, (2_000,), device, 0)
     optimizer = ours.Adam(params)
     for _ in range(10):
         optimizer.step()
