@@ -101,29 +101,35 @@ def test_on_invalid_raise_raises_the_same_error_as_the_simulation():
             assert torch.equal(model.state_dict()[name], tensor)
 
 
-class _HangingClient(Client):
-    """Trains normally the first time, then hangs (a worker stuck in a client's code)."""
+class _FailsAfterOneFit(Client):
+    """Trains normally the first time, then fails as :meth:`fail` says."""
 
     calls = 0
 
     def fit(self, model, global_state, train, seed):
         type(self).calls += 1
         if type(self).calls > 1:
-            time.sleep(120)
+            self.fail()
         return super().fit(model, global_state, train, seed)
 
 
-class _DyingClient(Client):
-    """Trains normally the first time, then its process dies (a crash in native code, a kill
-    by the out-of-memory killer)."""
+class _HangingClient(_FailsAfterOneFit):
+    """A worker stuck in a client's code."""
 
     calls = 0
 
-    def fit(self, model, global_state, train, seed):
-        type(self).calls += 1
-        if type(self).calls > 1:
-            os._exit(3)
-        return super().fit(model, global_state, train, seed)
+    def fail(self):
+        time.sleep(120)
+
+
+class _DyingClient(_FailsAfterOneFit):
+    """A worker whose process dies (a crash in native code, a kill by the out-of-memory
+    killer)."""
+
+    calls = 0
+
+    def fail(self):
+        os._exit(3)
 
 
 def _small_clients(count):
