@@ -88,18 +88,29 @@ def all_finite(state: State) -> bool:
     return math.isfinite(total) or all(bool(torch.isfinite(t).all()) for t in floating)
 
 
+@torch.no_grad()
+def first_non_finite(state: State) -> tuple[str, int] | None:
+    """The first floating-point or complex tensor of ``state`` with a NaN or inf, as its name
+    and how many of its values are not finite; ``None`` if all are (:func:`all_finite` first,
+    so a finite state costs one sum per tensor)."""
+    if all_finite(state):
+        return None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            non_finite = int((~torch.isfinite(tensor)).sum())
+            if non_finite:
+                return name, non_finite
+    return None
+
+
 def check_finite(update: State, client: object) -> None:
     """Raise :class:`InvalidUpdateError` if a floating-point tensor of ``update`` has a NaN/inf."""
-    if all_finite(update):
-        return
-    for name, tensor in update.items():
-        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
-            torch.isfinite(tensor).all()
-        ):
-            non_finite = int((~torch.isfinite(tensor)).sum())
-            raise InvalidUpdateError(
-                client, name, f"{non_finite} of {tensor.numel()} values are NaN or infinite"
-            )
+    found = first_non_finite(update)
+    if found is not None:
+        name, non_finite = found
+        raise InvalidUpdateError(
+            client, name, f"{non_finite} of {update[name].numel()} values are NaN or infinite"
+        )
 
 
 def check_update(update: State, reference: State, client: object) -> None:
@@ -195,12 +206,12 @@ def weighted_sum(
         torch._foreach_add_(totals, terms, alpha=weight)
     # NaN and inf propagate through a sum (even with weight 0: 0 * inf = NaN), so checking the
     # sums covers every client; only when that fails are the clients searched one by one
-    if not all_finite(sums):
-        for name, total in sums.items():
-            if not bool(torch.isfinite(total).all()):
-                for state, client in zip(states, clients, strict=True):
-                    check_finite({name: state[name]}, client)
-                raise ValueError(f"the weighted sum of tensor {name!r} overflowed float64")
+    found = first_non_finite(sums)
+    if found is not None:
+        name = found[0]
+        for state, client in zip(states, clients, strict=True):
+            check_finite({name: state[name]}, client)
+        raise ValueError(f"the weighted sum of tensor {name!r} overflowed float64")
     return sums, weight_sum
 
 

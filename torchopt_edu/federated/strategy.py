@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from torchopt_edu.federated.aggregate import State, all_finite, average, weighted_sum
+from torchopt_edu.federated.aggregate import State, average, first_non_finite, weighted_sum
 from torchopt_edu.federated.client import ClientResult, LocalTraining, copy_state
 from torchopt_edu.optim import SGD, Adagrad, Adam, Yogi
 from torchopt_edu.optim._checks import check_number
@@ -63,17 +63,13 @@ def check_server_result(state: State, what: str) -> None:
 
     ``what`` names the step in the message (``"FedAvgM's server step"``).
     """
-    if all_finite(state):
-        return
-    for name, tensor in state.items():
-        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
-            torch.isfinite(tensor).all()
-        ):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise ServerStepError(
-                f"{what} refused: it would make {bad} of {tensor.numel()} values of tensor "
-                f"{name!r} NaN or infinite; the global model and the server state are unchanged"
-            )
+    found = first_non_finite(state)
+    if found is not None:
+        name, bad = found
+        raise ServerStepError(
+            f"{what} refused: it would make {bad} of {state[name].numel()} values of tensor "
+            f"{name!r} NaN or infinite; the global model and the server state are unchanged"
+        )
 
 
 class Strategy:
