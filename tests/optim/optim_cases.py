@@ -52,6 +52,12 @@ IMPLS: dict[str, dict[str, Any]] = {
     "flat": dict(flat=True),
 }
 
+# The generated kernels of the algorithms torch has no fused kernel for, per tensor and flat.
+COMPILED_IMPLS: dict[str, dict[str, Any]] = {
+    "compiled": dict(compiled=True),
+    "compiled-flat": dict(compiled=True, flat=True),
+}
+
 SHAPES = [(4, 3), (5,), (2, 3, 2), ()]
 
 

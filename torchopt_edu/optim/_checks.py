@@ -175,6 +175,7 @@ FLAG_OPTIONS = (
     "differentiable",
     "capturable",
     "decoupled_weight_decay",
+    "compiled",
 )
 
 
@@ -190,12 +191,20 @@ def normalise_flags(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def check_impl_flags(foreach: bool | None, fused: bool | None, differentiable: bool) -> None:
-    """Reject the flag combinations torch.optim rejects, with torch's exception types."""
+def check_impl_flags(
+    foreach: bool | None, fused: bool | None, differentiable: bool, compiled: bool = False
+) -> None:
+    """Reject the flag combinations torch.optim rejects, with torch's exception types, and
+    ``compiled=True`` beside another choice of implementation."""
     if fused and foreach:
         raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
     if fused and differentiable:
         raise RuntimeError("`fused` does not support `differentiable`")
+    if compiled and (fused or foreach is not None):
+        raise ValueError(
+            f"compiled=True chooses the implementation (a generated kernel); leave foreach and "
+            f"fused at None (got foreach={foreach}, fused={fused})"
+        )
 
 
 def check_unsupported(**flags: bool) -> None:
