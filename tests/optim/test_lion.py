@@ -6,7 +6,14 @@ import io
 
 import pytest
 import torch
-from optim_cases import IMPLS, assert_close_lists, clone_params, make_params, set_grads
+from optim_cases import (
+    COMPILED_IMPLS,
+    IMPLS,
+    assert_close_lists,
+    clone_params,
+    make_params,
+    set_grads,
+)
 
 from torchopt_edu.optim import Lion
 
@@ -21,13 +28,16 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+ALL_IMPLS = {**IMPLS, **COMPILED_IMPLS}
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 @pytest.mark.parametrize("options", OPTIONS, ids=str)
 def test_same_numbers_as_lion_pytorch_over_50_steps(options, impl):
     reference = make_params(torch.float64)
     candidate = clone_params(reference)
     theirs = lion_pytorch.Lion(reference, **options)
-    ours = Lion(candidate, **options, **IMPLS[impl])
+    ours = Lion(candidate, **options, **ALL_IMPLS[impl])
     for step in range(50):
         set_grads([reference, candidate], step)
         theirs.step()
@@ -37,12 +47,12 @@ def test_same_numbers_as_lion_pytorch_over_50_steps(options, impl):
         torch.testing.assert_close(ours.state[p]["exp_avg"], theirs.state[q]["exp_avg"])
 
 
-@pytest.mark.parametrize("impl", ["loop", "foreach"])
+@pytest.mark.parametrize("impl", ["loop", "foreach", "compiled-flat"])
 def test_float32_matches_lion_pytorch(impl):
     reference = make_params(torch.float32)
     candidate = clone_params(reference)
     theirs = lion_pytorch.Lion(reference, lr=1e-2, weight_decay=0.1)
-    ours = Lion(candidate, lr=1e-2, weight_decay=0.1, **IMPLS[impl])
+    ours = Lion(candidate, lr=1e-2, weight_decay=0.1, **ALL_IMPLS[impl])
     for step in range(20):
         set_grads([reference, candidate], step)
         theirs.step()
@@ -50,12 +60,12 @@ def test_float32_matches_lion_pytorch(impl):
     assert_close_lists(candidate, reference, torch.float32)
 
 
-@pytest.mark.parametrize("impl", ["loop", "foreach"])
+@pytest.mark.parametrize("impl", ["loop", "foreach", "compiled"])
 def test_maximize_is_minimizing_the_negated_gradient(impl):
     reference = make_params(torch.float64)
     candidate = clone_params(reference)
     theirs = lion_pytorch.Lion(reference, lr=1e-2, weight_decay=0.1)
-    ours = Lion(candidate, lr=1e-2, weight_decay=0.1, maximize=True, **IMPLS[impl])
+    ours = Lion(candidate, lr=1e-2, weight_decay=0.1, maximize=True, **ALL_IMPLS[impl])
     for step in range(10):
         set_grads([reference, candidate], step)
         for p in reference:
@@ -161,7 +171,11 @@ def test_cuda_matches_cpu():
     assert_close_lists([p.cpu() for p in cuda], cpu, torch.float64)
 
 
-@pytest.mark.parametrize("options", [dict(foreach=True), dict(flat=True)], ids=["foreach", "flat"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(foreach=True), dict(flat=True), dict(compiled=True)],
+    ids=["foreach", "flat", "compiled"],
+)
 def test_the_fast_path_in_pieces_gives_the_loops_numbers(monkeypatch, options):
     """Pieces of 5 elements: whole small tensors gathered, large ones sliced, and a transposed
     (non-contiguous) parameter kept whole."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from optim_cases import assert_close_lists, clone_params, make_params, set_grads
+from optim_cases import COMPILED_IMPLS, assert_close_lists, clone_params, make_params, set_grads
 
 from torchopt_edu.optim import AdamWScheduleFree, SGDScheduleFree, evaluation_point
 
@@ -34,6 +34,7 @@ IMPLS = {
     "foreach": dict(foreach=True),
     "default": dict(),
     "flat": dict(flat=True),
+    **COMPILED_IMPLS,
 }
 CASES = [
     (name, options, impl)
@@ -82,10 +83,11 @@ def test_same_numbers_as_schedulefree_over_50_steps(name, options, impl):
         assert ours.param_groups[0][key] == pytest.approx(theirs.param_groups[0][key], rel=1e-14)
 
 
+@pytest.mark.parametrize("impl", ["default", "compiled-flat"])
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_float32_default_path_matches_schedulefree(name):
+def test_float32_default_and_compiled_paths_match_schedulefree(name, impl):
     options = OPTIONS[name][1]
-    reference, candidate, *_ = _run_both(name, options, "default", torch.float32, 20)
+    reference, candidate, *_ = _run_both(name, options, impl, torch.float32, 20)
     assert_close_lists(candidate, reference, torch.float32)
 
 
@@ -186,15 +188,17 @@ def _resume_case(cls, options):
     second = cls(resumed, **options)
     second.load_state_dict(_through_a_file(first.state_dict()))
     run(resumed, second, range(6, 15))
-    run(straight, cls(straight, **options), range(15))
+    uninterrupted = cls(straight, **options)
+    run(straight, uninterrupted, range(6))  # the same eval()/train() round trip, no checkpoint
+    run(straight, uninterrupted, range(6, 15))
     for a, b in zip(resumed, straight, strict=True):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("flat", [False, True], ids=["tensors", "flat"])
+@pytest.mark.parametrize("impl", ["default", "flat", "compiled-flat"])
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_state_dict_resume_is_exact(name, flat):
-    _resume_case(OURS[name], dict(lr=0.02, warmup_steps=4, weight_decay=0.01, flat=flat))
+def test_state_dict_resume_is_exact(name, impl):
+    _resume_case(OURS[name], dict(lr=0.02, warmup_steps=4, weight_decay=0.01, **IMPLS[impl]))
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
