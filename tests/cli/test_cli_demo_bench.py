@@ -235,12 +235,13 @@ def test_bench_times_every_optimizer_of_the_package():
         (
             "lion",
             {"ref lion-pytorch", "ref lion-pytorch foreach", bench.YARDSTICK, "ours foreach"}
-            | {"ours", "ours flat"},
+            | {"ours", "ours flat", "ours compiled flat"},
         ),
         ("prodigy", {"ref prodigyopt", bench.YARDSTICK, "ours foreach", "ours"}),
         (
             "adamwschedulefree",
-            {"ref schedulefree", bench.YARDSTICK, "ours foreach", "ours", "ours flat"},
+            {"ref schedulefree", bench.YARDSTICK, "ours foreach", "ours", "ours flat"}
+            | {"ours compiled flat"},
         ),
         ("yogi", {bench.YARDSTICK, "ours foreach", "ours", "ours flat"}),
         ("muon", {"torch loop", "ours foreach", "ours"}),
@@ -277,11 +278,13 @@ def test_summary_shows_the_reference_baseline_and_the_yardstick_ratio():
         bench.Row("lion", "1M/4", "ref lion-pytorch", 3.0, 1.0, 4.0, 1.0, 0.05, 3.0),
         bench.Row("lion", "1M/4", bench.YARDSTICK, 1.0, 1 / 3, 8.0, 1.0, 0.05, 1.0),
         bench.Row("lion", "1M/4", "ours", 2.0, 2 / 3, 4.0, 1.0, 0.05, 2.0),
+        bench.Row("lion", "1M/4", "ours compiled flat", 0.75, 0.25, 4.0, 1.0, 0.05, 0.75),
         bench.Row("yogi", "1M/4", bench.YARDSTICK, 4 / 3, math.nan, 8.0, 1.0, 0.05, 1.0),
         bench.Row("yogi", "1M/4", "ours", 2.0, math.nan, 8.0, 1.0, 0.05, 1.5),
     ]
     summary = bench_cli.format_summary(rows)
-    assert "| lion | 1M/4 | ref lion-pytorch | 3.00 | - | 2.00 | **0.67** | - | - | **2.00** |" in (
-        summary
+    lion = (
+        "| lion | 1M/4 | ref lion-pytorch | 3.00 | - | 2.00 | **0.67** | - | - | 0.75 | **0.25** "
     )
-    assert "| yogi | 1M/4 | none | - | - | 2.00 | - | - | - | **1.50** |" in summary
+    assert f"{lion}| **2.00** | **0.75** |" in summary
+    assert "| yogi | 1M/4 | none | - | - | 2.00 | - | - | - | - | - | **1.50** | - |" in summary
