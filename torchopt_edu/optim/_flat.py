@@ -256,7 +256,9 @@ class FlatGroup:
                         continue
                     buffer = torch.empty_like(slab.param_buffer)
                     for i, p in enumerate(slab.params):
-                        view = slab.view(buffer, i)
-                        view.copy_(state[p][key])
+                        view, value = slab.view(buffer, i), state[p][key]
+                        if value.numel() == p.numel():  # kept in its own shape (Prodigy's s)
+                            view = view.view(value.shape)
+                        view.copy_(value)  # a 0-d constant (Prodigy's p0 of zeros) fills it
                         state[p][key] = view
                     slab.flat_state[key] = buffer
