@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 import torch
-from optim_cases import assert_close_lists, clone_params, make_params, set_grads
+from optim_cases import (
+    COMPILED_IMPLS,
+    assert_close_lists,
+    clone_params,
+    make_params,
+    set_grads,
+)
 
 from torchopt_edu.optim import Prodigy
 
@@ -25,7 +31,24 @@ OPTIONS = [
     dict(betas=(0.0, 0.99), weight_decay=0.01),
     dict(slice_p=3, beta3=0.9, d0=1e-3),
 ]
-IMPLS = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "default": dict()}
+IMPLS = {
+    "loop": dict(foreach=False),
+    "foreach": dict(foreach=True),
+    "default": dict(),
+    "flat": dict(flat=True),
+    **COMPILED_IMPLS,
+}
+
+
+def _supports(impl: str, options: dict[str, Any]) -> bool:
+    """Flat buffers and the compiled kernels need slice_p=1; the kernels update a first moment
+    (betas[0] > 0)."""
+    if impl in ("flat", *COMPILED_IMPLS) and options.get("slice_p", 1) != 1:
+        return False
+    return impl not in COMPILED_IMPLS or options.get("betas", (0.9,))[0] > 0
+
+
+CASES = [(o, impl) for o in OPTIONS for impl in IMPLS if _supports(impl, o)]
 
 
 def _theirs(params: Any, **options: Any) -> torch.optim.Optimizer:
@@ -47,15 +70,18 @@ def _params_with_a_zero_tensor(dtype: torch.dtype) -> list[torch.Tensor]:
 
 
 def _tolerance(options: dict[str, Any], impl: str) -> dict[str, float]:
-    if impl == "default" and options.get("weight_decay") and options.get("decouple", True):
+    if (
+        impl in ("default", "flat")
+        and options.get("weight_decay")
+        and options.get("decouple", True)
+    ):
         # torch's fused AdamW decays as p * (1 - a), the reference as p + (-a) p: one rounding
         # apart per step, which the d estimate (a ratio of sums) amplifies to ~1e-11.
         return dict(rtol=1e-8, atol=1e-10)
     return dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize(("options", "impl"), CASES, ids=str)
 def test_same_numbers_as_prodigyopt_over_50_steps(options, impl):
     reference = _params_with_a_zero_tensor(torch.float64)
     candidate = clone_params(reference)
@@ -76,10 +102,13 @@ def test_same_numbers_as_prodigyopt_over_50_steps(options, impl):
         assert set(ours.state[p]) == set(theirs.state[q])
         assert ours.state[p]["step"] == theirs.state[q]["step"] == 50
         for key in ("s", "p0", "exp_avg_sq"):
-            torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], **tolerance)
+            theirs_value = theirs.state[q][key]
+            if "flat" in impl:  # a 0-d p0 (a parameter of zeros) fills its slice of a buffer
+                theirs_value = theirs_value.expand_as(ours.state[p][key])
+            torch.testing.assert_close(ours.state[p][key], theirs_value, **tolerance)
 
 
-@pytest.mark.parametrize("impl", ["foreach", "default"])
+@pytest.mark.parametrize("impl", ["foreach", "default", "compiled-flat"])
 def test_float32_matches_prodigyopt(impl):
     reference = make_params(torch.float32)
     candidate = clone_params(reference)
@@ -175,8 +204,9 @@ def test_zero_gradients_change_nothing_but_the_moments_like_prodigyopt():
     assert_close_lists(candidate, reference, torch.float64)
 
 
-def test_state_dict_resume_is_exact():
-    options = dict(weight_decay=0.01, use_bias_correction=True)
+@pytest.mark.parametrize("impl", ["default", "flat", "compiled-flat"])
+def test_state_dict_resume_is_exact(impl):
+    options = dict(weight_decay=0.01, use_bias_correction=True, **IMPLS[impl])
 
     def run(params: list[torch.Tensor], optimizer: Prodigy, steps: range) -> None:
         for step in steps:
@@ -189,7 +219,7 @@ def test_state_dict_resume_is_exact():
     run(resumed, first, range(6))
     second = Prodigy(resumed, **options)
     second.load_state_dict(_through_a_file(first.state_dict()))
-    assert second.state[resumed[1]]["p0"].shape == ()
+    assert second.state[resumed[1]]["p0"].shape == (() if "flat" not in impl else (5,))
     run(resumed, second, range(6, 15))
     run(straight, Prodigy(straight, **options), range(15))
     for a, b in zip(resumed, straight, strict=True):
@@ -247,7 +277,12 @@ def test_a_checkpoint_with_a_wrong_statistics_shape_is_refused_unchanged():
         (dict(growth_rate=0.0), ValueError, "growth_rate must lie in"),
         (dict(slice_p=0), ValueError, "slice_p must be >= 1, got 0"),
         (dict(slice_p=2.0), TypeError, "slice_p must be an int"),
-        (dict(flat=True), ValueError, "Prodigy does not support flat=True"),
+        (dict(flat=True, slice_p=2), ValueError, "flat=True needs slice_p=1, got slice_p=2"),
+        (
+            dict(compiled=True, betas=(0.0, 0.9)),
+            ValueError,
+            r"compiled=True needs betas\[0\] > 0 and slice_p=1",
+        ),
     ],
 )
 def test_bad_hyper_parameters_are_named(options, error, message):
@@ -320,3 +355,24 @@ def _bucket_of(params: list[torch.Tensor]) -> Any:
     from torchopt_edu.optim._base import Bucket
 
     return Bucket(params=params, grads=params, states=[{} for _ in params])
+
+
+@pytest.mark.parametrize("impl", ["flat", "compiled", "compiled-flat"])
+def test_a_missing_gradient_and_a_transposed_parameter_match_the_loop(impl):
+    """Flat mode falls back to the per-tensor path for a step where a gradient is missing;
+    the compiled kernels send a transposed (non-contiguous) parameter's both passes to the
+    foreach path; the step counts advance only where a gradient was."""
+    reference = _params_with_a_zero_tensor(torch.float64)
+    reference[0] = reference[0].detach().T.contiguous().T.requires_grad_()  # strides (1, 4)
+    candidate = clone_params(reference)
+    loop = Prodigy(reference, weight_decay=0.1, foreach=False)
+    ours = Prodigy(candidate, weight_decay=0.1, **IMPLS[impl])
+    for step in range(12):
+        set_grads([reference, candidate], step)
+        if step == 5:
+            reference[2].grad = candidate[2].grad = None
+        loop.step()
+        ours.step()
+    assert_close_lists(candidate, reference, torch.float64)
+    assert [ours.state[p]["step"] for p in candidate] == [12, 12, 11, 12]
+    assert ours.param_groups[0]["d"] == pytest.approx(loop.param_groups[0]["d"], rel=1e-10)

@@ -131,6 +131,20 @@ class Bucket:
             )
         return parts[0], parts[1]
 
+    def split_contiguous(self) -> tuple[Bucket, Bucket]:
+        """Two buckets: the parameters whose tensors (gradient, state) are all contiguous, and
+        the others (a compiled kernel sees every tensor flat)."""
+        return self.split(
+            [
+                all(
+                    t.is_contiguous()
+                    for t in (param, grad, *state.values())
+                    if isinstance(t, Tensor)
+                )
+                for param, grad, state in zip(self.params, self.grads, self.states, strict=True)
+            ]
+        )
+
     def chunks(self) -> list[Bucket]:
         """Consecutive sub-buckets of whole tensors, each about ``CACHE_SLICE`` elements."""
         parts, start, total = [], 0, 0
@@ -541,13 +555,11 @@ class EduOptimizer(Optimizer):
         """
         update = self.paths[impl]
         if impl == "compiled":  # its kernels see every tensor flat: contiguous ones only
-            same, other = bucket.split(
-                [_all_contiguous(bucket, i) for i in range(len(bucket.params))]
-            )
+            contiguous, other = bucket.split_contiguous()
             if other.params:
                 self.paths["foreach"](other, hyper)
-            if same.params:
-                update(same, hyper)
+            if contiguous.params:
+                update(contiguous, hyper)
             return
         if impl != "fused":
             update(bucket, hyper)
@@ -573,12 +585,6 @@ class EduOptimizer(Optimizer):
         if small.params:
             with single_intra_op_thread():
                 update(small, hyper)
-
-
-def _all_contiguous(bucket: Bucket, i: int) -> bool:
-    """Whether parameter ``i`` of ``bucket``, its gradient and its state tensors are contiguous."""
-    tensors = [bucket.params[i], bucket.grads[i], *bucket.states[i].values()]
-    return all(t.is_contiguous() for t in tensors if isinstance(t, Tensor))
 
 
 def _move_steps_to(bucket: Bucket, device: torch.device) -> None:
