@@ -184,7 +184,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             (_reference("prodigyopt", "prodigyopt", "Prodigy"),),
             10,  # p, g, p0, m, v, s read; p, m, v, s written
             yardstick=True,
-            modes=("foreach", "default"),  # Prodigy has no flat mode
+            modes=("foreach", "default", "flat", "compiled"),
         ),
         Algorithm("sgdhd", lambda p, **k: ours.SGDHD(p, **k), (), 5, yardstick=True),
         Algorithm("adamhd", lambda p, **k: ours.AdamHD(p, **k), (), 7, yardstick=True),

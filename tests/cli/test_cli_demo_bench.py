@@ -237,7 +237,11 @@ def test_bench_times_every_optimizer_of_the_package():
             {"ref lion-pytorch", "ref lion-pytorch foreach", bench.YARDSTICK, "ours foreach"}
             | {"ours", "ours flat", "ours compiled flat"},
         ),
-        ("prodigy", {"ref prodigyopt", bench.YARDSTICK, "ours foreach", "ours"}),
+        (
+            "prodigy",
+            {"ref prodigyopt", bench.YARDSTICK, "ours foreach", "ours", "ours flat"}
+            | {"ours compiled flat"},
+        ),
         (
             "adamwschedulefree",
             {"ref schedulefree", bench.YARDSTICK, "ours foreach", "ours", "ours flat"}
