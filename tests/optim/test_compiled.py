@@ -63,3 +63,19 @@ def test_a_kernel_that_cannot_be_built_raises_and_changes_nothing(monkeypatch):
         assert torch.equal(p.detach(), old)
     for key, value in state["state"].items():
         assert torch.equal(optimizer.state_dict()["state"][key]["exp_avg"], value["exp_avg"])
+
+
+def test_a_learning_rate_schedule_does_not_recompile_the_kernel():
+    from torch._dynamo.utils import counters
+
+    params = _params()
+    optimizer = SGDScheduleFree(params, lr=0.5, warmup_steps=3, compiled=True, flat=True)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()  # compiles (or finds) the float32 kernel
+    graphs = counters["stats"]["unique_graphs"]
+    for _ in range(5):  # a new warmed-up rate, averaging weight and lr every step
+        scheduler.step()
+        optimizer.step()
+    assert counters["stats"]["unique_graphs"] == graphs
