@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchopt_edu.learned import LearnedNet, LearnedOptimizer, load_shipped, parameter_graph
-from torchopt_edu.learned.optimizer import CHUNK
+from torchopt_edu.learned.optimizer import CHUNK, COMPILED_MIN
 from torchopt_edu.learned.weights import SHIPPED
 
 
@@ -174,6 +174,8 @@ def test_bad_arguments_are_named():
         LearnedOptimizer(model.parameters(), net=LearnedNet(), graph=parameter_graph(model[0]))
     with pytest.raises(TypeError, match="graph must be a ParameterGraph"):
         LearnedOptimizer(model.parameters(), net=LearnedNet(), graph="chain")
+    with pytest.raises(TypeError, match="compiled must be True or False"):
+        LearnedOptimizer(model.parameters(), net=LearnedNet(), compiled="yes")
     with pytest.raises(ValueError, match="parameter 0 is torch.int64"):
         LearnedOptimizer([torch.zeros(3, dtype=torch.long)], net=LearnedNet())
 
@@ -277,3 +279,84 @@ def test_strided_parameter_gets_the_numbers_of_a_contiguous_one():
     assert not strided.is_contiguous()
     torch.testing.assert_close(strided, twin, rtol=0, atol=1e-14)
     assert (twin - data.t()).abs().max() > 1e-3  # they moved
+
+
+def _compiled_run(dtype, compiled, steps=3, optimizer_state=None, start=None):
+    """Two tensors, one large enough for the compiled kernel and one left to the slices."""
+    generator = torch.Generator().manual_seed(0)
+    params = [
+        nn.Parameter(torch.randn(n, generator=generator, dtype=dtype))
+        for n in (COMPILED_MIN + 5, 7)
+    ]
+    if start is not None:
+        with torch.no_grad():
+            for p, value in zip(params, start, strict=True):
+                p.copy_(value)
+    optimizer = LearnedOptimizer(params, lr=0.1, net=_trained_net(), compiled=compiled)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    for step in range(steps):
+        grads = torch.Generator().manual_seed(step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=grads, dtype=dtype)
+        optimizer.step()
+    return params, optimizer
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_compiled_gives_the_numbers_of_the_slices(dtype, atol):
+    eager_params, eager = _compiled_run(dtype, compiled=False)
+    compiled_params, compiled = _compiled_run(dtype, compiled=True)
+    for p, q in zip(eager_params, compiled_params, strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=atol)
+        for key, value in eager.state[p].items():
+            torch.testing.assert_close(compiled.state[q][key], value, rtol=0, atol=atol)
+
+
+def test_compiled_resumes_exactly():
+    params, optimizer = _compiled_run(torch.float32, compiled=True, steps=2)
+    saved = copy.deepcopy(optimizer.state_dict())
+    start = [p.detach().clone() for p in params]
+    for step in range(2):  # the same gradients as the resumed run's
+        grads = torch.Generator().manual_seed(step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=grads)
+        optimizer.step()
+    resumed, _ = _compiled_run(
+        torch.float32, compiled=True, steps=2, optimizer_state=saved, start=start
+    )
+    for p, q in zip(params, resumed, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_compile_failure_is_named_and_changes_nothing(monkeypatch):
+    """Without a working compiler the first step raises before any parameter or state moves."""
+    from torch._inductor.exc import InductorError
+
+    import torchopt_edu.learned.optimizer as module
+
+    def no_compiler(function, **options):
+        def build(*args):
+            raise InductorError(RuntimeError("no C++ compiler found"), None)
+
+        return build
+
+    monkeypatch.setattr(module.coordinate_kernel, "_compiled", None)
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    module._build_coordinate_kernel.cache_clear()
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    optimizer = LearnedOptimizer(model.parameters(), net=_trained_net(), compiled=True)
+    x, y = _data()
+    nn.functional.mse_loss(model(x), y).backward()
+    with pytest.raises(
+        RuntimeError,
+        match=r"could not build the kernel coordinate_kernel for torch.float32 on cpu .*"
+        r"use compiled=False. Cause: .*no C\+\+ compiler found",
+    ):
+        optimizer.step()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+    for state in optimizer.state.values():
+        assert state["step"] == 0
+        assert all(not state[key].any() for key in module.STATE_KEYS)
