@@ -112,6 +112,11 @@ def test_bench_table_compares_with_fused_adam(capsys):
     from torchopt_edu.learned.bench import YARDSTICK, step_time_table
 
     rows = step_time_table([("tiny", 3, 100)], steps=1, warmup=0)
-    assert [r["optimizer"] for r in rows] == [YARDSTICK, "learned (graph)", "learned (no graph)"]
+    assert [r["optimizer"] for r in rows] == [
+        YARDSTICK,
+        "learned (graph)",
+        "learned (no graph)",
+        "learned (graph, compiled)",
+    ]
     assert rows[0]["ratio_to_fused_adam"] == 1.0
     assert all(r["ms_per_step"] > 0 for r in rows)

@@ -4,7 +4,9 @@
 :mod:`torchopt_edu.cli.learn_optimizer`) times one ``step()`` of
 
 - ``torch.optim.Adam(params, fused=True)``, torch's fastest Adam (the yardstick);
-- ``LearnedOptimizer(params)`` with the graph stage, and without it (``use_graph=False``),
+- ``LearnedOptimizer(params)`` with the graph stage, and without it (``use_graph=False``);
+- ``LearnedOptimizer(params, compiled=True)``, the graph stage with the update compiled into
+  one loop per tensor (compiled in the first warm-up round),
 
 on the same parameters and gradients, at 10M parameters in 200 tensors and at 1M in 100.
 Steps are interleaved (each round steps every candidate once) after warm-up, so that drifts in
@@ -48,6 +50,9 @@ def candidates(hidden: int = 8) -> dict[str, Callable[[list[Tensor]], Optimizer]
         YARDSTICK: lambda params: torch.optim.Adam(params, fused=True),
         "learned (graph)": lambda params: LearnedOptimizer(params, net=net),
         "learned (no graph)": lambda params: LearnedOptimizer(params, net=net, use_graph=False),
+        "learned (graph, compiled)": lambda params: LearnedOptimizer(
+            params, net=net, compiled=True
+        ),
     }
 
 
