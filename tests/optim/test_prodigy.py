@@ -186,10 +186,11 @@ def test_a_frozen_group_does_not_move_even_with_weight_decay():
     assert optimizer.param_groups[1]["d"] == optimizer.param_groups[0]["d"] > 1e-6
 
 
-def test_zero_gradients_change_nothing_but_the_moments_like_prodigyopt():
+@pytest.mark.parametrize("impl", ["default", "compiled", "compiled-flat"])
+def test_zero_gradients_change_nothing_but_the_moments_like_prodigyopt(impl):
     reference = make_params(torch.float64)
     candidate = clone_params(reference)
-    theirs, ours = _theirs(reference), Prodigy(candidate)
+    theirs, ours = _theirs(reference), Prodigy(candidate, **IMPLS[impl])
     for params in (reference, candidate):
         for p in params:
             p.grad = torch.zeros_like(p)
