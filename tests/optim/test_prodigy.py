@@ -377,3 +377,29 @@ def test_a_missing_gradient_and_a_transposed_parameter_match_the_loop(impl):
     assert_close_lists(candidate, reference, torch.float64)
     assert [ours.state[p]["step"] for p in candidate] == [12, 12, 11, 12]
     assert ours.param_groups[0]["d"] == pytest.approx(loop.param_groups[0]["d"], rel=1e-10)
+
+
+def test_a_flat_buffer_is_sliced_into_cache_sized_pieces_without_changing_a_number(monkeypatch):
+    """Flat mode's one buffer of 30 elements in slices of at most 16: the statistics' scratch
+    and the fused step's d g are slice-sized, and every slice carries its s, p0, m and v."""
+    from torchopt_edu.optim import _base
+
+    reference = _params_with_a_zero_tensor(torch.float64)
+    candidate = clone_params(reference)
+    theirs, ours = (
+        _theirs(reference, weight_decay=0.1),
+        Prodigy(candidate, weight_decay=0.1, flat=True),
+    )
+    monkeypatch.setattr(_base, "CACHE_SLICE", 16)
+    for step in range(20):
+        set_grads([reference, candidate], step)
+        theirs.step()
+        ours.step()
+        if step == 0:
+            (bucket,) = ours._flat_groups[0].buckets()
+            assert [len(part.params[0]) for part in bucket.chunks(slice_flat=True)] == [16, 14]
+    for a, b in zip(candidate, reference, strict=True):
+        torch.testing.assert_close(
+            a.detach(), b.detach(), **_tolerance(dict(weight_decay=0.1), "flat")
+        )
+    assert ours.param_groups[0]["d"] == pytest.approx(theirs.param_groups[0]["d"], rel=1e-8)

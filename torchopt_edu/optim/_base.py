@@ -145,8 +145,16 @@ class Bucket:
             ]
         )
 
-    def chunks(self) -> list[Bucket]:
-        """Consecutive sub-buckets of whole tensors, each about ``CACHE_SLICE`` elements."""
+    def chunks(self, slice_flat: bool = False) -> list[Bucket]:
+        """Consecutive sub-buckets of whole tensors, each about ``CACHE_SLICE`` elements.
+
+        With ``slice_flat``, a bucket of one large contiguous tensor (a flat buffer) is cut
+        into slices of ``CACHE_SLICE`` elements instead, each with the same slice of the
+        gradient and of every state tensor (0-d state is shared), when all of them have its
+        size: for paths whose temporaries would otherwise be the size of the whole buffer.
+        """
+        if slice_flat and len(self.params) == 1 and self.params[0].numel() > CACHE_SLICE:
+            return self._slices()
         parts, start, total = [], 0, 0
         for i, param in enumerate(self.params):
             if i > start and total + param.numel() > CACHE_SLICE:
@@ -165,6 +173,28 @@ class Bucket:
                 first_step=self.first_step,
             )
             for part in parts
+        ]
+
+    def _slices(self) -> list[Bucket]:
+        (param,), (grad,), (state,) = self.params, self.grads, self.states
+        n = param.numel()
+        sliced = {k: t for k, t in state.items() if isinstance(t, Tensor) and t.dim() > 0}
+        if not all(t.numel() == n and t.is_contiguous() for t in (param, grad, *sliced.values())):
+            return [self]  # e.g. Prodigy's statistics of every slice_p-th entry
+        return [
+            Bucket(
+                params=[param.view(-1)[start : start + CACHE_SLICE]],
+                grads=[grad.view(-1)[start : start + CACHE_SLICE]],
+                states=[
+                    {
+                        **state,
+                        **{k: t.view(-1)[start : start + CACHE_SLICE] for k, t in sliced.items()},
+                    }
+                ],
+                is_complex=self.is_complex,
+                first_step=self.first_step,
+            )
+            for start in range(0, n, CACHE_SLICE)
         ]
 
     @property

@@ -400,7 +400,7 @@ def prodigy_statistics_loop(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
 
 def prodigy_statistics_foreach(b: Bucket, h: ProdigyHyper) -> tuple[float, float]:
     """:func:`prodigy_statistics_loop` with multi-tensor kernels and one synchronisation."""
-    parts = b.chunks()
+    parts = b.chunks(slice_flat=True)  # x0 - x: a cache-sized scratch
     xs_parts = [_sliced(part.params, h.slice_p) for part in parts]
     # x0 - x goes to one scratch buffer that every slice reuses (no fresh memory per step)
     scratch = torch.empty(
@@ -476,7 +476,7 @@ def prodigy_fused(b: Bucket, h: ProdigyHyper) -> None:
     """Moments and step as torch's fused Adam on the gradient d g (class docstring)."""
     no_bias_correction = torch.full((), math.inf, device=b.device)
     kernel = torch._fused_adamw_ if h.decouple else torch._fused_adam_
-    for part in b.chunks():
+    for part in b.chunks(slice_flat=True):  # d g: a cache-sized temporary
         kernel(
             part.params,
             torch._foreach_mul(part.grads, h.d),
