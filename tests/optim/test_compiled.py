@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -41,28 +43,87 @@ def test_a_param_group_may_ask_for_the_kernel_alone():
         torch.testing.assert_close(p.detach(), old - 0.1)
 
 
-def test_a_kernel_that_cannot_be_built_raises_and_changes_nothing(monkeypatch):
-    """A real build failure: Inductor pointed at a C++ compiler that does not exist."""
+@contextlib.contextmanager
+def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A real build failure: fresh kernels, Inductor pointed at a compiler that does not exist."""
     from torch._inductor import config
 
+    for name in ("lion_kernel",):
+        monkeypatch.setattr(lion, name, CompiledKernel(getattr(lion, name).function))
+    monkeypatch.setattr(Lion, "compiled_kernels", (lion.lion_kernel,))
+    torch._dynamo.reset()  # forget the code compiled so far
+    with config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        yield
+    torch._dynamo.reset()
+
+
+def test_without_a_compiler_the_optimizer_is_refused_when_built(monkeypatch):
     params = _params()
-    optimizer = Lion(params, lr=0.1, compiled=True)
-    for p in params:
-        p.grad = torch.ones_like(p)
-    optimizer.step()  # with the compiler: Lion's state now exists
     before = [p.detach().clone() for p in params]
-    state = copy.deepcopy(optimizer.state_dict())
-    monkeypatch.setattr(lion, "lion_kernel", CompiledKernel(lion.lion_kernel.function))
-    torch._dynamo.reset()  # forget the code compiled for the first step
     with (
-        config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}),
+        _no_compiler(monkeypatch),
         pytest.raises(RuntimeError, match="torch.compile could not build the kernel lion_kernel"),
     ):
-        optimizer.step()
+        Lion(params, compiled=True)
     for p, old in zip(params, before, strict=True):
         assert torch.equal(p.detach(), old)
-    for key, value in state["state"].items():
-        assert torch.equal(optimizer.state_dict()["state"][key]["exp_avg"], value["exp_avg"])
+
+
+def test_a_kernel_that_cannot_be_built_at_a_step_changes_nothing(monkeypatch):
+    """The kernels are built for every dtype before a step writes: when they cannot be, no
+    parameter moves, not even the transposed one the foreach path would take."""
+    a, b = _params()
+    b = b.detach().T.contiguous().T.requires_grad_()  # not contiguous: the foreach path's
+    c = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    optimizer = Lion([a, b], lr=0.1, compiled=True)
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    with _no_compiler(monkeypatch):
+        optimizer.param_groups[0]["params"].append(c)  # a new dtype, after construction
+        before = [p.detach().clone() for p in (a, b, c)]
+        state = copy.deepcopy(optimizer.state_dict())
+        with pytest.raises(RuntimeError, match="could not build the kernel lion_kernel"):
+            optimizer.step()
+        for p, old in zip((a, b, c), before, strict=True):
+            assert torch.equal(p.detach(), old)
+        for key, value in state["state"].items():
+            assert torch.equal(optimizer.state_dict()["state"][key]["exp_avg"], value["exp_avg"])
+        with pytest.raises(RuntimeError, match="could not build"):
+            optimizer.add_param_group({"params": [torch.zeros(2, dtype=torch.float16)]})
+        assert len(optimizer.param_groups) == 1
+
+
+def test_compiled_set_on_a_group_of_an_algorithm_without_kernels_is_refused_at_the_step():
+    params = _params()
+    optimizer = Adam(params)
+    optimizer.param_groups[0]["compiled"] = True
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="Adam has no compiled kernel"):
+        optimizer.step()
+    assert all(torch.equal(p.detach(), old) for p, old in zip(params, before, strict=True))
+    assert not optimizer.state
+
+
+def test_past_the_recompile_limit_a_kernel_runs_eagerly_with_the_same_numbers():
+    from torch._dynamo import config
+
+    kernel = CompiledKernel(lion.lion_kernel.function)
+    scalars = torch.tensor([0.1, 0.0, 0.9, 0.99, 1.0], dtype=torch.float64)
+    results = []
+    with config.patch(recompile_limit=1):
+        for dtype in (torch.float32, torch.float64):
+            param, grad, m = (torch.linspace(-1, 1, 8, dtype=dtype) for _ in range(3))
+            expected = param - 0.1 * m.lerp(grad, 0.1).sign()
+            if dtype == torch.float64:
+                with pytest.warns(RuntimeWarning, match="reached torch.compile's recompile limit"):
+                    kernel(param, grad, m, scalars)
+            else:
+                kernel(param, grad, m, scalars)
+            results.append(torch.equal(param, expected))
+    assert results == [True, True]
 
 
 def test_a_learning_rate_schedule_does_not_recompile_the_kernel():

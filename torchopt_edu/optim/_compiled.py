@@ -12,11 +12,14 @@ them: five streams of memory against fused Adam's seven.
 The costs: the first call of each kernel compiles it (a few seconds; Inductor caches the
 code on disk, so later processes load it), it needs a C++ compiler (or Triton on GPUs), and
 each call costs about 40 microseconds of guard checks and dispatch, so a kernel is worth one
-call per large tensor. With ``flat=True`` a step is one call over one buffer, whatever the
-number of parameters; without it, one call per tensor.
+call per large tensor. An optimizer builds its kernels on scratch tensors when a param group
+asks for ``compiled=True``, and again before a step for a device or dtype they have not run
+on, so a missing compiler raises before any parameter changes. With ``flat=True`` a step is
+one call over one buffer, whatever the number of parameters; without it, one call per tensor.
 
-Hyper-parameters travel as one float64 tensor (``scalars``), never as Python numbers: a
-number would be baked into the generated code and a new learning rate would recompile it.
+Hyper-parameters travel as one float64 tensor (``scalars``; float32 on MPS), never as Python
+numbers: a number would be baked into the generated code and a new learning rate would
+recompile it.
 Every tensor a kernel sees is one-dimensional (contiguous tensors viewed flat), so one
 compilation per dtype and device serves every shape.
 """
@@ -24,6 +27,7 @@ compilation per dtype and device serves every shape.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,29 +42,51 @@ class CompiledKernel:
 
     Calling it runs the compiled code; a failure to compile (no C++ compiler, no Triton)
     raises ``RuntimeError`` naming the kernel and what is missing, before any tensor
-    changes (Inductor generates and builds the code before it runs it).
+    changes (Inductor generates and builds the code before it runs it). :meth:`built` says
+    whether a call on a device and dtype has succeeded, so an optimizer can build its kernels
+    on scratch tensors before a step writes anything.
     """
 
     def __init__(self, function: Callable[..., Any]) -> None:
-        self.function = function
-        self.name = function.__name__
         functools.update_wrapper(self, function)
+        self.function = function
         self._compiled: Callable[..., Any] | None = None
+        self._built: set[tuple[torch.device, torch.dtype]] = set()
+
+    def built(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether the kernel has run on ``device`` with ``dtype`` tensors."""
+        return (device, dtype) in self._built
 
     def __call__(self, *tensors: Tensor) -> Any:
         """Run the kernel on ``tensors`` (the last one the ``scalars`` vector)."""
         if self._compiled is None:
             self._compiled = torch.compile(self.function, dynamic=True, fullgraph=True)
+        tensors = tuple(t.detach() for t in tensors)  # one compilation, with or without grad
         try:
-            return self._compiled(*tensors)
+            with torch.no_grad():
+                result = self._compiled(*tensors)
         except Exception as error:
+            if _is_recompile_limit(error):
+                # torch.compile keeps 8 versions of a function (dtypes, sizes 0 and 1 are
+                # specialised); past that, the same math runs eagerly
+                warnings.warn(
+                    f"compiled=True: the kernel {self.__name__} reached torch.compile's "
+                    "recompile limit; these tensors are updated eagerly (the same numbers, "
+                    "without the speed)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                with torch.no_grad():
+                    return self.function(*tensors)
             if _is_compile_failure(error):
                 raise RuntimeError(
-                    f"compiled=True: torch.compile could not build the kernel {self.name} "
+                    f"compiled=True: torch.compile could not build the kernel {self.__name__} "
                     f"for {tensors[0].dtype} on {tensors[0].device} (it needs a C++ compiler "
                     f"on the CPU and Triton on GPUs); use compiled=False. Cause: {error}"
                 ) from error
             raise
+        self._built.add((tensors[0].device, tensors[0].dtype))
+        return result
 
 
 def compiled_kernel(function: Callable[..., Any]) -> CompiledKernel:
@@ -69,9 +95,17 @@ def compiled_kernel(function: Callable[..., Any]) -> CompiledKernel:
 
 
 def scalars_for(reference: Tensor, values: Sequence[float]) -> Tensor:
-    """The hyper-parameters of one call as a float64 vector on ``reference``'s device."""
+    """The hyper-parameters of one call as a float64 vector on ``reference``'s device (float32
+    on MPS, which has no float64)."""
     dtype = torch.float32 if reference.device.type == "mps" else torch.float64
     return torch.tensor(values, dtype=dtype, device=reference.device)
+
+
+def _is_recompile_limit(error: BaseException) -> bool:
+    """Whether ``error`` says the function has been compiled too many times."""
+    from torch._dynamo.exc import FailOnRecompileLimitHit
+
+    return isinstance(error, FailOnRecompileLimitHit)
 
 
 def _is_compile_failure(error: BaseException) -> bool:
