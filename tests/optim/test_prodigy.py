@@ -243,9 +243,15 @@ def test_state_dicts_load_both_ways_with_prodigyopt():
         theirs.step()
         ours.step()
     assert_close_lists(candidate, reference, torch.float64)
-    back = _theirs(clone_params(candidate), slice_p=2)
+    back_params = clone_params(candidate)
+    back = _theirs(back_params, slice_p=2)
     back.load_state_dict(_through_a_file(ours.state_dict()))
     assert back.param_groups[0]["d"] == ours.param_groups[0]["d"]
+    for step in range(10, 13):  # and the reference steps on from our checkpoint
+        set_grads([back_params, candidate], step)
+        back.step()
+        ours.step()
+    assert_close_lists(back_params, candidate, torch.float64)
 
 
 def test_a_checkpoint_with_a_wrong_statistics_shape_is_refused_unchanged():
@@ -278,7 +284,11 @@ def test_a_checkpoint_with_a_wrong_statistics_shape_is_refused_unchanged():
         (dict(growth_rate=0.0), ValueError, "growth_rate must lie in"),
         (dict(slice_p=0), ValueError, "slice_p must be >= 1, got 0"),
         (dict(slice_p=2.0), TypeError, "slice_p must be an int"),
-        (dict(flat=True, slice_p=2), ValueError, "flat=True needs slice_p=1, got slice_p=2"),
+        (
+            dict(flat=True, slice_p=2),
+            ValueError,
+            "flat=True needs slice_p=1, param group 0 has slice_p=2",
+        ),
         (
             dict(compiled=True, betas=(0.0, 0.9)),
             ValueError,
@@ -403,3 +413,24 @@ def test_a_flat_buffer_is_sliced_into_cache_sized_pieces_without_changing_a_numb
             a.detach(), b.detach(), **_tolerance(dict(weight_decay=0.1), "flat")
         )
     assert ours.param_groups[0]["d"] == pytest.approx(theirs.param_groups[0]["d"], rel=1e-8)
+
+
+@pytest.mark.parametrize("impl", ["flat", "compiled"])
+def test_a_checkpoint_with_slice_p_is_refused_by_flat_and_compiled_optimizers_unchanged(impl):
+    reference = make_params(torch.float64)
+    theirs = _theirs(reference, slice_p=2)
+    set_grads([reference], 0)
+    theirs.step()
+    params = make_params(torch.float64)
+    ours = Prodigy(params, **IMPLS[impl])
+    set_grads([params], 0)
+    ours.step()
+    before = _through_a_file(ours.state_dict())
+    with pytest.raises(ValueError, match="the checkpoint's param group 0 has .*slice_p=2"):
+        ours.load_state_dict(_through_a_file(theirs.state_dict()))
+    after = ours.state_dict()
+    assert after["param_groups"][0]["slice_p"] == 1
+    for key, state in before["state"].items():
+        assert torch.equal(after["state"][key]["s"], state["s"])
+    set_grads([params], 1)
+    ours.step()  # still works
