@@ -182,7 +182,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             "prodigy",
             lambda p, **k: ours.Prodigy(p, **k),
             (_reference("prodigyopt", "prodigyopt", "Prodigy"),),
-            10,  # p, g, p0, m, v, s read; p, m, v, s written
+            10,  # p, g, p0, m, v, s read; p, m, v, s written (the compiled path moves 13)
             yardstick=True,
             modes=("foreach", "default", "flat", "compiled"),
         ),
