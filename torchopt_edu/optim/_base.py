@@ -492,8 +492,8 @@ class EduOptimizer(Optimizer):
                 self._check_grads(group, buffered[1])
                 if group.get("fused"):
                     self._check_fusable(group)
-                if group.get("compiled"):
-                    self._check_compilable(group, buffered[0])
+                if group.get("compiled"):  # one buffer per device and dtype
+                    self._check_compilable(group, [s.param_buffer for s in flat_group.slabs])
                 return _Plan(group, *buffered, grads_in_buffer=True)
         params = group["params"]
         grads = list(map(_GRAD, params))
@@ -531,7 +531,8 @@ class EduOptimizer(Optimizer):
                 f"{type(self).__name__} has no compiled kernel; compiled=True is for the "
                 "algorithms torch has no fused kernel for (Lion, Schedule-Free, Prodigy)"
             )
-        for device, dtype in {(p.device, p.real.dtype) for p in params}:
+        for device, dtype in {(p.device, p.dtype) for p in params}:
+            dtype = dtype.to_real()  # complex parameters are updated as pairs of reals
             if not all(kernel.built(device, dtype) for kernel in self.compiled_kernels):
                 scratch = torch.ones(16, device=device, dtype=dtype)
                 state: dict[str, Any] = {}
