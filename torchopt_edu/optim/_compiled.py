@@ -60,7 +60,9 @@ class CompiledKernel:
     def __call__(self, *tensors: Tensor) -> Any:
         """Run the kernel on ``tensors`` (the last one the ``scalars`` vector)."""
         if self._compiled is None:
-            self._compiled = torch.compile(self.function, dynamic=True, fullgraph=True)
+            self._compiled = torch.compile(
+                self.function, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS
+            )
         tensors = tuple(t.detach() for t in tensors)  # one compilation, with or without grad
         try:
             with torch.no_grad():
@@ -87,6 +89,13 @@ class CompiledKernel:
             raise
         self._built.add((tensors[0].device, tensors[0].dtype))
         return result
+
+
+#: Inductor sizes its loops by the tensors of the first call (a parallel loop only for
+#: thousands of elements a thread) and caches the code on disk by the function, not by those
+#: sizes: a kernel first built on a small tensor would stay single-threaded for every size.
+#: With dynamic threads every loop is parallel and OpenMP decides at run time.
+_INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True}
 
 
 def compiled_kernel(function: Callable[..., Any]) -> CompiledKernel:
