@@ -585,21 +585,34 @@ class EduOptimizer(Optimizer):
             return "fused"
         return "foreach"
 
+    def _routes(self, group: dict[str, Any], bucket: Bucket) -> list[tuple[Bucket, Impl]]:
+        """The implementation for ``bucket``; a compiled group's kernels see every tensor
+        flat, so its parameters with a non-contiguous tensor go to the foreach path."""
+        impl = self._choose_impl(group, bucket)
+        if impl != "compiled":
+            return [(bucket, impl)]
+        contiguous, other = bucket.split_contiguous()
+        return [
+            (part, path)
+            for part, path in ((other, "foreach"), (contiguous, "compiled"))
+            if part.params
+        ]
+
     def _run(self, group: dict[str, Any], bucket: Bucket, hyper: Hyper) -> None:
         """Count the step, then update one bucket; take the count back if the update fails."""
-        impl = self._choose_impl(group, bucket)
-        steps = bucket.steps if "step" in bucket.states[0] else []
-        if impl == "fused" and bucket.device.type != "cpu":
-            _move_steps_to(bucket, bucket.device)  # e.g. state loaded from a CPU checkpoint
-            steps = bucket.steps if steps else []
-        if steps:
-            torch._foreach_add_(steps, 1)
-        try:
-            self._dispatch(bucket, hyper, impl)
-        except BaseException:
+        for part, impl in self._routes(group, bucket):
+            steps = part.steps if "step" in part.states[0] else []
+            if impl == "fused" and part.device.type != "cpu":
+                _move_steps_to(part, part.device)  # e.g. state loaded from a CPU checkpoint
+                steps = part.steps if steps else []
             if steps:
-                torch._foreach_sub_(steps, 1)
-            raise
+                torch._foreach_add_(steps, 1)
+            try:
+                self._dispatch(part, hyper, impl)
+            except BaseException:
+                if steps:
+                    torch._foreach_sub_(steps, 1)
+                raise
 
     def _dispatch(self, bucket: Bucket, hyper: Hyper, impl: Impl) -> None:
         """Send tensors each to a path that is exact for them, then run the paths.
@@ -616,13 +629,6 @@ class EduOptimizer(Optimizer):
         ops do; the numbers are the same either way (elementwise math, no reductions).
         """
         update = self.paths[impl]
-        if impl == "compiled":  # its kernels see every tensor flat: contiguous ones only
-            contiguous, other = bucket.split_contiguous()
-            if other.params:
-                self.paths["foreach"](other, hyper)
-            if contiguous.params:
-                update(contiguous, hyper)
-            return
         if impl != "fused":
             update(bucket, hyper)
             return

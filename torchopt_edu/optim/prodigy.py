@@ -355,14 +355,7 @@ class Prodigy(EduOptimizer):
         assert isinstance(hyper, ProdigyHyper)
         if hyper.l2 != 0:  # the penalised gradient feeds both the statistics and the update
             bucket.grads = directed_grads(bucket.grads, bucket.params, False, hyper.l2)
-        impl = self._choose_impl(group, bucket)
-        if impl == "compiled":  # both passes must send each tensor the same way
-            bucket, other = bucket.split_contiguous()
-            if other.params:
-                self._deferred.append((other, hyper, "foreach"))
-            if not bucket.params:
-                return
-        self._deferred.append((bucket, hyper, impl))
+        self._deferred += [(part, hyper, impl) for part, impl in self._routes(group, bucket)]
 
     def _estimate_and_update(self) -> None:
         first = self.param_groups[0]
