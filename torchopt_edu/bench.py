@@ -78,6 +78,10 @@ class Algorithm:
     matrices: bool = False
 
 
+#: The modes of the frontier optimizers that have compiled kernels.
+WITH_KERNELS = ("foreach", "default", "flat", "compiled")
+
+
 def _torch_paths(
     cls: type[Optimizer], kwargs: dict, paths: tuple[str, ...] = ("loop", "foreach", "fused")
 ) -> tuple[Baseline, ...]:
@@ -160,7 +164,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             ),
             5,
             yardstick=True,
-            modes=("foreach", "default", "flat", "compiled"),
+            modes=WITH_KERNELS,
         ),
         Algorithm(
             "sgdschedulefree",
@@ -168,7 +172,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             (_reference("schedulefree", "schedulefree", "SGDScheduleFree"),),
             5,
             yardstick=True,
-            modes=("foreach", "default", "flat", "compiled"),
+            modes=WITH_KERNELS,
         ),
         Algorithm(
             "adamwschedulefree",
@@ -176,7 +180,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             (_reference("schedulefree", "schedulefree", "AdamWScheduleFree"),),
             7,
             yardstick=True,
-            modes=("foreach", "default", "flat", "compiled"),
+            modes=WITH_KERNELS,
         ),
         Algorithm(
             "prodigy",
@@ -184,7 +188,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             (_reference("prodigyopt", "prodigyopt", "Prodigy"),),
             10,  # p, g, p0, m, v, s read; p, m, v, s written (the compiled path moves 13)
             yardstick=True,
-            modes=("foreach", "default", "flat", "compiled"),
+            modes=WITH_KERNELS,
         ),
         Algorithm("sgdhd", lambda p, **k: ours.SGDHD(p, **k), (), 5, yardstick=True),
         Algorithm("adamhd", lambda p, **k: ours.AdamHD(p, **k), (), 7, yardstick=True),
