@@ -19,8 +19,7 @@ one call over one buffer, whatever the number of parameters; without it, one cal
 
 Hyper-parameters travel as one float64 tensor (``scalars``; float32 on MPS), never as Python
 numbers: a number would be baked into the generated code and a new learning rate would
-recompile it.
-Every tensor a kernel sees is one-dimensional (contiguous tensors viewed flat), so one
+recompile it. Every tensor a kernel sees is one-dimensional (contiguous tensors viewed flat), so one
 compilation per dtype and device serves every shape.
 """
 
