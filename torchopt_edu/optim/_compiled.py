@@ -51,6 +51,7 @@ class CompiledKernel:
         self.function = function
         self._compiled: Callable[..., Any] | None = None
         self._built: set[tuple[torch.device, torch.dtype]] = set()
+        self._eager: set[tuple[Any, ...]] = set()  # signatures past the recompile limit
 
     def built(self, device: torch.device, dtype: torch.dtype) -> bool:
         """Whether the kernel has run on ``device`` with ``dtype`` tensors."""
@@ -63,17 +64,26 @@ class CompiledKernel:
                 self.function, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS
             )
         tensors = tuple(t.detach() for t in tensors)  # one compilation, with or without grad
+        first = tensors[0]
+        # torch.compile would specialise sizes 0 and 1 (two more versions of the kernel),
+        # where the eager math costs nothing
+        signature = (first.device, first.dtype, torch.get_num_threads())
+        if first.numel() <= 1 or signature in self._eager:
+            with torch.no_grad():
+                return self.function(*tensors)
         try:
             with torch.no_grad():
                 result = self._compiled(*tensors)
         except Exception as error:
             if _is_recompile_limit(error):
-                # torch.compile keeps 8 versions of a function (dtypes, sizes 0 and 1 are
-                # specialised); past that, the same math runs eagerly
+                # torch.compile keeps 8 versions of a function (one per dtype, device and
+                # thread count); past that, the same math runs eagerly for this signature
+                self._eager.add(signature)
                 warnings.warn(
                     f"compiled=True: the kernel {self.__name__} reached torch.compile's "
-                    "recompile limit; these tensors are updated eagerly (the same numbers, "
-                    "without the speed)",
+                    f"recompile limit; {first.dtype} tensors on {first.device} with "
+                    f"{signature[2]} threads are updated eagerly from now on (the same "
+                    "numbers, without the speed)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
