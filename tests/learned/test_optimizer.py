@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import pickle
 
 import pytest
 import torch
@@ -360,3 +361,16 @@ def test_compile_failure_is_named_and_changes_nothing(monkeypatch):
     for state in optimizer.state.values():
         assert state["step"] == 0
         assert all(not state[key].any() for key in module.STATE_KEYS)
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))])
+def test_a_copied_optimizer_steps_its_own_parameters_like_the_original(copier):
+    """The copy keeps the net, the graph and the options, and updates its own parameters."""
+    model = _model(torch.float64)
+    optimizer = LearnedOptimizer(model.parameters(), graph=model)
+    _train(model, optimizer, 2, data=_data(torch.float64))
+    twin = copier({"model": model, "optimizer": optimizer})
+    _train(model, optimizer, 3, data=_data(torch.float64))
+    _train(twin["model"], twin["optimizer"], 3, data=_data(torch.float64))
+    for mine, theirs in zip(model.parameters(), twin["model"].parameters(), strict=True):
+        assert torch.equal(mine, theirs)

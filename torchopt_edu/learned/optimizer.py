@@ -166,6 +166,23 @@ class LearnedOptimizer(Optimizer):
         #: ``(s, mu)`` of the last step, one entry per graph node (``graph.names`` order).
         self.last_modulation: tuple[Tensor, Tensor] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``pickle`` and ``copy.deepcopy`` keep: torch's fields, the net, the graph and
+        the options (the compiled kernels' buffers are rebuilt at the next step)."""
+        kept = ("compiled", "use_graph", "net", "graph", "_edge_index", "_edge_attr")
+        return {
+            **super().__getstate__(),
+            **{name: getattr(self, name) for name in kept},
+            "last_modulation": self.last_modulation,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore after unpickling, a deep copy or ``load_state_dict``."""
+        super().__setstate__(state)
+        if "graph" in state:  # a copy: its parameters are new tensors
+            self._node_of = {id(p): k for k, p in enumerate(self.graph.params)}
+            self._slabs = {}
+
     @staticmethod
     def _check_graph(graph: object, params: list[Tensor]) -> ParameterGraph:
         """The parameter graph, checked to hold exactly the optimizer's parameters."""
