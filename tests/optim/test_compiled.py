@@ -140,3 +140,64 @@ def test_a_learning_rate_schedule_does_not_recompile_the_kernel():
         scheduler.step()
         optimizer.step()
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_past_the_recompile_limit_a_signature_runs_eagerly_without_trying_again():
+    """One warning per dtype, device and thread count, then eager calls: no warning (nor
+    torch.compile's own log lines) on every later step."""
+    import warnings
+
+    from torch._dynamo import config
+
+    kernel = CompiledKernel(lion.lion_kernel.function)
+    scalars = torch.tensor([0.1, 0.0, 0.9, 0.99, 1.0], dtype=torch.float64)
+    tensors = {
+        dtype: [torch.linspace(-1, 1, 8, dtype=dtype) for _ in range(3)]
+        for dtype in (torch.float32, torch.float64)
+    }
+    with config.patch(recompile_limit=1):
+        kernel(*tensors[torch.float32], scalars)
+        with pytest.warns(RuntimeWarning, match="float64 tensors on cpu with"):
+            kernel(*tensors[torch.float64], scalars)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            param, grad, m = tensors[torch.float64]
+            expected = param - 0.1 * m.lerp(grad, 0.1).sign()
+            kernel(param, grad, m, scalars)
+            assert torch.equal(param, expected)
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_tensors_of_size_0_and_1_take_the_eager_math_and_compile_nothing(size):
+    """torch.compile would specialise both sizes: two of its eight versions of a kernel."""
+    from torch._dynamo.utils import counters
+
+    kernel = CompiledKernel(lion.lion_kernel.function)
+    scalars = torch.tensor([0.1, 0.0, 0.9, 0.99, 1.0], dtype=torch.float64)
+    param, grad, m = (torch.full((size,), 0.5) for _ in range(3))
+    expected = param - 0.1 * m.lerp(grad, 0.1).sign()
+    graphs = counters["stats"]["unique_graphs"]
+    kernel(param, grad, m, scalars)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert torch.equal(param, expected)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (dict(compiled="yes"), "compiled must be True or False, got 'yes'"),
+        (dict(compiled=True, foreach=False), "leave foreach and fused at None"),
+        (dict(compiled=True, fused=True), "leave foreach and fused at None"),
+    ],
+)
+def test_a_compiled_flag_set_on_a_group_later_is_checked_before_anything_changes(edit, message):
+    params = _params()
+    optimizer = Lion(params)
+    optimizer.param_groups[0].update(edit)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises((TypeError, ValueError, RuntimeError), match=message):
+        optimizer.step()
+    assert all(torch.equal(p.detach(), old) for p, old in zip(params, before, strict=True))
+    assert not optimizer.state

@@ -312,3 +312,59 @@ def test_step_hooks_run_once_per_step_after_the_base_class_was_built(cls):
     p.grad = torch.ones(3)
     optimizer.step()
     assert calls == ["pre", "post"]
+
+
+@pytest.mark.parametrize("impl", ["loop", "foreach"])
+def test_a_parameter_without_a_gradient_did_not_move_so_it_adds_nothing_to_the_next_h(impl):
+    """b has no gradient at step 3, so u_3 = 0 for it and h_4 = g_4 . u_3 sees only a.
+
+    By hand, with g_a = (1, 1) every step and g_b = 2, 5, -, 7, lr 0.1, beta 0.01:
+    h_2 = -(1*1 + 1*1 + 5*2)*0.1 ... worked through as lr_t = lr_{t-1} + beta g_t . g_{t-1}.
+    """
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
+    optimizer = SGDHD([a, b], lr=0.1, hypergrad_lr=0.01, foreach=impl == "foreach")
+    lrs = []
+    for grad_b in [2.0, 5.0, None, 7.0]:
+        a.grad = torch.ones(2, dtype=torch.float64)
+        b.grad = None if grad_b is None else torch.tensor([grad_b], dtype=torch.float64)
+        optimizer.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    # step 2: 0.1 + 0.01 (1 + 1 + 10); step 3: + 0.01 (1 + 1), b absent; step 4: + 0.01 (1 + 1)
+    assert lrs == pytest.approx([0.1, 0.22, 0.24, 0.26], abs=1e-15)
+
+
+def test_adam_hd_skips_a_parameter_that_did_not_move_and_resumes_exactly():
+    """Adam-HD's h_t leaves out a parameter without a gradient at t-1 (its u is 0), also
+    after a state_dict round trip taken right after that step."""
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
+    grads_b = [2.0, 5.0, None, 7.0]
+
+    def run(resume_after: int | None) -> list[float]:
+        x, y = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        optimizer = AdamHD([x, y], lr=0.1, hypergrad_lr=0.01)
+        lrs = []
+        for t, grad_b in enumerate(grads_b):
+            x.grad = torch.tensor([1.0, -0.5], dtype=torch.float64) * (t + 1)
+            y.grad = None if grad_b is None else torch.tensor([grad_b], dtype=torch.float64)
+            if t == 3:  # h_4 = g_4 . u_3 over x only: u_3 of y is 0
+                state = optimizer.state[x]
+                beta1, beta2 = 0.9, 0.999
+                m_hat = state["exp_avg"] / (1 - beta1**3)
+                v_hat = state["exp_avg_sq"] / (1 - beta2**3)
+                u = -m_hat / (v_hat.sqrt() + 1e-8)
+                expected = lrs[-1] - 0.01 * float(x.grad @ u)
+            optimizer.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+            if t == resume_after:
+                saved = optimizer.state_dict()
+                buffer = io.BytesIO()
+                torch.save(saved, buffer)
+                buffer.seek(0)
+                optimizer = AdamHD([x, y], lr=0.1, hypergrad_lr=0.01)
+                optimizer.load_state_dict(torch.load(buffer, weights_only=True))
+        assert lrs[-1] == pytest.approx(expected, rel=1e-12)
+        return lrs
+
+    assert run(resume_after=2) == run(resume_after=None)

@@ -232,7 +232,7 @@ def test_bad_options_are_named(options, error, message):
 
 
 def test_a_bad_option_in_a_param_group_names_the_group():
-    with pytest.raises(ValueError, match=r"ns_steps must be < 100, got 200 \(param group 1\)"):
+    with pytest.raises(ValueError, match=r"param group 1: ns_steps must be < 100, got 200"):
         Muon(
             [
                 dict(params=matrices(torch.float32, [(2, 2)])),
@@ -253,7 +253,7 @@ def test_a_bad_option_in_a_param_group_names_the_group():
     ],
 )
 def test_use_muon_true_refuses_what_is_not_a_real_matrix(param, what):
-    with pytest.raises(ValueError, match=f"{what} in param group 0 with use_muon=True"):
+    with pytest.raises(ValueError, match=f"param group 0: .*{what} with use_muon=True"):
         Muon([param], use_muon=True)
 
 

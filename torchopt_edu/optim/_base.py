@@ -357,6 +357,7 @@ class EduOptimizer(Optimizer):
         if flat and (defaults.get("foreach") is False):
             raise ValueError("flat=True needs a multi-tensor path; do not pass foreach=False")
         self._flat = False  # add_param_group, called by torch's __init__, must not flatten yet
+        self._flat_requested = flat  # what add_param_group checks a new group's layout against
         self._flat_groups: list[FlatGroup] = []
         super().__init__(params, defaults)
         if flat:
@@ -370,6 +371,16 @@ class EduOptimizer(Optimizer):
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         """Create the state of ``param`` (first time it has a gradient)."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise ``ValueError``/``TypeError`` naming the option unless each hyper-parameter of
+        ``options`` (the defaults, or a whole param group) has a value this algorithm takes.
+
+        The constructor, :meth:`add_param_group` and :meth:`load_state_dict` all run it, so a
+        group added or loaded later meets the constructor's rules before anything changes.
+        """
         raise NotImplementedError
 
     def _fuse_blocker(self, group: dict[str, Any]) -> str | None:
@@ -404,7 +415,7 @@ class EduOptimizer(Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
         if "_flat" not in self.__dict__:  # unpickled or deep-copied, not load_state_dict
-            self._flat = bool(flat)
+            self._flat = self._flat_requested = bool(flat)
             self._flat_groups = [FlatGroup.build(g) for g in self.param_groups] if flat else []
             for flat_group in self._flat_groups:
                 flat_group.adopt_state(self.state)
@@ -417,11 +428,11 @@ class EduOptimizer(Optimizer):
         the optimizer keeps its current state. In flat mode the loaded state moves into the
         buffers.
         """
-        from torchopt_edu.optim._checkpoint import check_state_dict, restride_state
+        from torchopt_edu.optim._checkpoint import check_state_dict, settle_loaded_state
 
         check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)
-        restride_state(self)
+        settle_loaded_state(self)
         for flat_group in self._flat_groups:
             flat_group.adopt_state(self.state)
 
@@ -432,12 +443,19 @@ class EduOptimizer(Optimizer):
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {torch.typename(param_group)}")
         param_group = normalise_flags(param_group)
+        params = param_group.get("params")
+        if params is not None and not isinstance(params, (Tensor, set)):  # torch refuses sets
+            param_group = {**param_group, "params": list(params)}  # a generator, read once
         if self._flat:
             params = param_group["params"]
             params = [params] if isinstance(params, Tensor) else list(params)
             FlatGroup.check(params)
             param_group = {**param_group, "params": params}
         merged = {**self.defaults, **param_group}
+        try:
+            self.check_options(merged)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"param group {len(self.param_groups)}: {error}") from None
         if merged.get("fused"):
             self._check_fusable(merged)
         if merged.get("compiled"):
@@ -525,7 +543,10 @@ class EduOptimizer(Optimizer):
         """Raise unless ``compiled=True`` can update ``params``: the algorithm has kernels, and
         they are built for each device and dtype (by a dry run of the compiled path on a
         scratch parameter), so that a missing compiler raises before a step changes anything.
+        The flag itself is checked here too: a group may have been edited after construction.
         """
+        check_flag("compiled", group["compiled"])
+        check_impl_flags(group.get("foreach"), group.get("fused"), False, True)
         if "compiled" not in self.paths:
             raise ValueError(
                 f"{type(self).__name__} has no compiled kernel; compiled=True is for the "

@@ -65,6 +65,7 @@ def check_state_dict(optimizer: EduOptimizer, state_dict: Any) -> None:
         merged = {**group, **{k: v for k, v in saved_group.items() if k != "params"}}
         try:
             _check_options(optimizer.defaults, merged)
+            optimizer.check_options(normalise_flags(merged))
             optimizer._hyper(normalise_flags(merged))
         except (TypeError, ValueError, KeyError) as error:
             raise ValueError(
@@ -73,9 +74,9 @@ def check_state_dict(optimizer: EduOptimizer, state_dict: Any) -> None:
         for index, (param, key) in enumerate(
             zip(group["params"], saved_group["params"], strict=True)
         ):
-            state = saved_state.get(key)
-            if state is None:
+            if key not in saved_state:  # no state yet: it is created on the first step
                 continue
+            state = saved_state[key]
             if not isinstance(state, Mapping):
                 raise ValueError(
                     f"state of param group {g}, parameter {index} must be a dict, got "
@@ -143,6 +144,13 @@ def _check_param_state(
                 )
         elif not is_real(value):
             raise ValueError(f"{where}: state[{key!r}] must be a number, got {_describe(value)}")
+    unknown = sorted(set(state) - set(expected))
+    if unknown:
+        raise ValueError(
+            f"{where}: the checkpoint's state has {unknown}, which {type(optimizer).__name__} "
+            f"with these options does not keep (it keeps {sorted(expected)}); a checkpoint "
+            "of another optimizer would give wrong numbers here"
+        )
 
 
 def _check_step(value: Any, where: str) -> None:
@@ -161,13 +169,21 @@ def _check_step(value: Any, where: str) -> None:
         raise ValueError(f"{where}: state['step'] must be a whole number >= 0, got {number}")
 
 
-def restride_state(optimizer: EduOptimizer) -> None:
-    """Give each loaded state tensor its parameter's memory layout (a fused kernel needs it).
+def settle_loaded_state(optimizer: EduOptimizer) -> None:
+    """Give each loaded state tensor its parameter's memory layout (a fused kernel needs it),
+    and each step count the kind this optimizer keeps.
 
     A checkpoint saved from a contiguous parameter and loaded for a transposed or
-    channels-last one keeps the saved strides; the numbers are copied, not changed.
+    channels-last one keeps the saved strides; the numbers are copied, not changed. A step
+    count saved as a number (older torch, prodigyopt) becomes a tensor where this optimizer's
+    kernels read one, and a tensor becomes an ``int`` where it counts in Python.
     """
     with torch.no_grad():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                state = optimizer.state.get(param)
+                if state and "step" in state:
+                    state["step"] = _step_like(optimizer, group, param, state["step"])
         for param, state in optimizer.state.items():
             if not isinstance(param, Tensor):
                 continue
@@ -179,6 +195,19 @@ def restride_state(optimizer: EduOptimizer) -> None:
                     and value.stride() != param.stride()
                 ):
                     state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def _step_like(
+    optimizer: EduOptimizer, group: dict[str, Any], param: Tensor, step: Any
+) -> Tensor | int:
+    """``step`` as the kind of step count ``optimizer`` creates for ``param``."""
+    template: dict[str, Any] = {}
+    optimizer._init_state(torch.empty_like(param, device="meta"), template, group)
+    if not isinstance(template["step"], Tensor):
+        return int(step.item()) if isinstance(step, Tensor) else int(step)
+    if isinstance(step, Tensor):
+        return step
+    return optimizer._new_step(param, group).fill_(step)
 
 
 def _describe(value: object) -> str:

@@ -110,15 +110,15 @@ def _as_number(name: str, value: float | Tensor) -> float:
 def check_non_negative(name: str, value: float | Tensor) -> None:
     """Raise ``ValueError("Invalid <name> value: <value>")`` unless ``value >= 0``."""
     number = _as_number(name, value)
-    if not number >= 0.0:  # also rejects NaN
-        raise ValueError(f"Invalid {name} value: {value} ({name} must be >= 0)")
+    if not 0.0 <= number < math.inf:  # also rejects NaN
+        raise ValueError(f"Invalid {name} value: {value} ({name} must be finite and >= 0)")
 
 
 def check_lr(lr: float | Tensor) -> None:
     """Raise ``ValueError`` unless the learning rate ``lr`` is a number >= 0."""
     number = _as_number("lr", lr)
-    if not number >= 0.0:
-        raise ValueError(f"Invalid learning rate: lr={lr} (lr must be >= 0)")
+    if not 0.0 <= number < math.inf:
+        raise ValueError(f"Invalid learning rate: lr={lr} (lr must be finite and >= 0)")
 
 
 def check_beta(name: str, value: float | Tensor) -> None:

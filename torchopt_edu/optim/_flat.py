@@ -259,6 +259,8 @@ class FlatGroup:
                         view, value = slab.view(buffer, i), state[p][key]
                         if value.numel() == p.numel():  # kept in its own shape (Prodigy's s)
                             view = view.view(value.shape)
-                        view.copy_(value)  # a 0-d constant (Prodigy's p0 of zeros) fills it
+                        elif value.dim() == 0:  # a constant for a flat state (Prodigy's p0
+                            view = view.view(-1)  # of an all-zero parameter) fills it, flat
+                        view.copy_(value)
                         state[p][key] = view
                     slab.flat_state[key] = buffer

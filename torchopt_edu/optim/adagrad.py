@@ -74,11 +74,6 @@ class Adagrad(EduOptimizer):
         fused: bool | None = None,
         flat: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_non_negative("lr_decay", lr_decay)
-        check_non_negative("weight_decay", weight_decay)
-        check_non_negative("initial_accumulator_value", initial_accumulator_value)
-        check_non_negative("eps", eps)
         defaults = dict(
             lr=lr,
             lr_decay=lr_decay,
@@ -90,10 +85,18 @@ class Adagrad(EduOptimizer):
             differentiable=differentiable,
             fused=fused,
         )
+        self.check_options(defaults)
         super().__init__(params, defaults, flat=flat)
         for group in self.param_groups:
             for p in group["params"]:
                 self._init_state(p, self.state[p], group)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Every rate, decay and constant finite and >= 0."""
+        check_lr(options["lr"])
+        for name in ("lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
+            check_non_negative(name, options[name])
 
     def share_memory(self) -> None:
         """Move the accumulators to shared memory (torch.optim.Adagrad's method)."""

@@ -93,10 +93,6 @@ class Adam(EduOptimizer):
         decoupled_weight_decay: bool = False,
         flat: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_non_negative("eps", eps)
-        check_betas(betas)
-        check_non_negative("weight_decay", weight_decay)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -110,7 +106,16 @@ class Adam(EduOptimizer):
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
         )
+        self.check_options(defaults)
         super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Learning rate, eps and weight decay finite and >= 0; betas in [0, 1)."""
+        check_lr(options["lr"])
+        check_non_negative("eps", options["eps"])
+        check_betas(options["betas"])
+        check_non_negative("weight_decay", options["weight_decay"])
 
     hyper = AdamHyper
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper
-from torchopt_edu.optim._checks import check_betas, check_lr, check_non_negative
+from torchopt_edu.optim._checks import check_lr, check_non_negative, is_integer
 from torchopt_edu.optim._shared import directed_grad, directed_grads
 from torchopt_edu.optim.adam import Adam
 
@@ -44,6 +44,9 @@ class _LearnsLr(EduOptimizer):
 
     A subclass names its previous direction :math:`u_{t-1}` for each parameter
     (``_previous_direction``); the learning rate's update is the same for every algorithm.
+    A parameter that had no gradient in a step did not move, so its :math:`u` is 0 for the
+    next hypergradient: each group lists them (indices into its ``params``) as ``"idle"``,
+    which ``state_dict()`` keeps for an exact resume.
     """
 
     def _previous_direction(
@@ -76,16 +79,26 @@ class _LearnsLr(EduOptimizer):
             for group, lr in zip(self.param_groups, previous, strict=True):
                 group["lr"] = lr
             raise
+        for plan in plans:  # a parameter without a gradient did not move: u_t = 0 for it
+            moved = set(map(id, plan.params))
+            plan.group["idle"] = [
+                index
+                for index, param in enumerate(plan.group["params"])
+                if id(param) not in moved and param in self.state
+            ]
         return loss
 
     def _learned_lr(self, group: dict[str, Any], params: list[Tensor]) -> float:
         r""":math:`\alpha_{t-1} - \beta h_t` with :math:`h_t = \sum_p g_t \cdot u_{t-1}`."""
         lr = float(group["lr"])
+        idle = {id(group["params"][index]) for index in group.get("idle", ())}
         # one sum per device, read once: a single synchronisation per device and step
         sums: dict[torch.device, Tensor] = {}
         for param in params:
             state = self.state.get(param)
-            direction = self._previous_direction(group, param, state) if state else None
+            if not state or id(param) in idle:  # u_{t-1} = 0: first step, or did not move
+                continue
+            direction = self._previous_direction(group, param, state)
             if direction is None:
                 continue
             grad = directed_grad(param.grad, param, group["maximize"], self._l2(group))
@@ -97,6 +110,21 @@ class _LearnsLr(EduOptimizer):
 
     def _l2(self, group: dict[str, Any]) -> float:
         return group["weight_decay"]
+
+
+def _check_idle(options: dict[str, Any]) -> None:
+    """A group's ``"idle"``, if it has one: distinct indices into its ``params``."""
+    if "idle" not in options:
+        return
+    idle, params = options["idle"], options.get("params", ())
+    if (
+        not isinstance(idle, (list, tuple))
+        or not all(is_integer(i) and 0 <= i < len(params) for i in idle)
+        or len(set(idle)) != len(idle)
+    ):
+        raise ValueError(
+            f"idle must list distinct indices of the group's {len(params)} parameters, got {idle!r}"
+        )
 
 
 def _real(tensor: Tensor) -> Tensor:
@@ -156,9 +184,6 @@ class SGDHD(_LearnsLr):
         foreach: bool | None = None,
         flat: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_non_negative("hypergrad_lr", hypergrad_lr)
-        check_non_negative("weight_decay", weight_decay)
         defaults = dict(
             lr=lr,
             hypergrad_lr=hypergrad_lr,
@@ -167,7 +192,16 @@ class SGDHD(_LearnsLr):
             foreach=foreach,
             fused=None,
         )
+        self.check_options(defaults)
         super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Learning rate, hyper-learning-rate and weight decay finite and >= 0."""
+        check_lr(options["lr"])
+        check_non_negative("hypergrad_lr", options["hypergrad_lr"])
+        check_non_negative("weight_decay", options["weight_decay"])
+        _check_idle(options)
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["prev_grad"] = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -241,9 +275,7 @@ class AdamHD(_LearnsLr, Adam):
         fused: bool | None = None,
         flat: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_betas(betas)
-        check_non_negative("hypergrad_lr", hypergrad_lr)
+        check_non_negative("hypergrad_lr", hypergrad_lr)  # Adam's options are checked by Adam
         super().__init__(
             params,
             lr=lr,
@@ -259,6 +291,15 @@ class AdamHD(_LearnsLr, Adam):
         for group in self.param_groups:
             group.setdefault("hypergrad_lr", hypergrad_lr)
         self.defaults["hypergrad_lr"] = hypergrad_lr
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Adam's rules; the hyper-learning-rate finite and >= 0 (Adam's constructor checks
+        its groups before they have one)."""
+        super().check_options(options)
+        if "hypergrad_lr" in options:
+            check_non_negative("hypergrad_lr", options["hypergrad_lr"])
+        _check_idle(options)
 
     def _previous_direction(
         self, group: dict[str, Any], param: Tensor, state: dict[str, Any]

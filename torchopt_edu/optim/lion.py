@@ -77,9 +77,6 @@ class Lion(EduOptimizer):
         compiled: bool = False,
         flat: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_betas(betas)
-        check_non_negative("weight_decay", weight_decay)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -89,7 +86,15 @@ class Lion(EduOptimizer):
             fused=None,
             compiled=compiled,
         )
+        self.check_options(defaults)
         super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Learning rate and weight decay finite and >= 0; betas in [0, 1)."""
+        check_lr(options["lr"])
+        check_betas(options["betas"])
+        check_non_negative("weight_decay", options["weight_decay"])
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)

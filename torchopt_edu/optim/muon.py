@@ -125,8 +125,44 @@ class Muon(EduOptimizer):
             foreach=foreach,
             fused=None,
         )
-        _check_options(normalise_flags(defaults), "")
+        self.check_options(normalise_flags(defaults))
         super().__init__(params, defaults)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """The options' ranges and, for ``use_muon=True``, that every parameter of the group
+        (when it has them) is a real matrix."""
+        check_lr(options["lr"])
+        check_non_negative("weight_decay", options["weight_decay"])
+        check_beta("momentum", options["momentum"])
+        check_number("eps", options["eps"], 0.0, open_low=True)
+        check_int("ns_steps", options["ns_steps"], minimum=0)
+        if options["ns_steps"] >= 100:
+            raise ValueError(f"ns_steps must be < 100, got {options['ns_steps']}")
+        coefficients = options["ns_coefficients"]
+        if not isinstance(coefficients, (tuple, list)) or len(coefficients) != 3:
+            raise ValueError(
+                f"ns_coefficients must be three numbers (a, b, c), got {coefficients!r}"
+            )
+        for name, value in zip("abc", coefficients, strict=True):
+            check_number(f"ns_coefficients {name}", value)
+        if options["adjust_lr_fn"] not in ADJUST_LR_FNS:
+            raise ValueError(
+                f"adjust_lr_fn must be one of {ADJUST_LR_FNS}, got {options['adjust_lr_fn']!r}"
+            )
+        check_betas(options["betas"])
+        check_non_negative("adamw_eps", options["adamw_eps"])
+        if options["use_muon"] is not None and not isinstance(options["use_muon"], bool):
+            raise TypeError(f"use_muon must be None, True or False, got {options['use_muon']!r}")
+        params = options.get("params", ())
+        if options["use_muon"]:
+            for p in [params] if isinstance(params, Tensor) else list(params):
+                if p.ndim != 2 or p.is_complex():
+                    raise ValueError(
+                        f"Muon only supports real 2-D parameters, got a {p.dtype} parameter "
+                        f"of shape {tuple(p.shape)} with use_muon=True; give it a group with "
+                        "use_muon=False (AdamW)"
+                    )
 
     # -- which parameters are Muon's ------------------------------------------------------
 
@@ -135,24 +171,6 @@ class Muon(EduOptimizer):
         if group["use_muon"] is None:
             return param.ndim == 2 and not param.is_complex()
         return group["use_muon"]
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (as torch.optim does), after checking its options and, for
-        ``use_muon=True``, that every parameter is a real matrix."""
-        if isinstance(param_group, dict):
-            index = len(self.param_groups)
-            merged = normalise_flags({**self.defaults, **param_group})
-            _check_options(merged, f" (param group {index})")
-            if merged["use_muon"]:
-                params = param_group["params"]
-                for p in [params] if isinstance(params, Tensor) else list(params):
-                    if p.ndim != 2 or p.is_complex():
-                        raise ValueError(
-                            f"Muon only supports real 2-D parameters, got a {p.dtype} parameter "
-                            f"of shape {tuple(p.shape)} in param group {index} with "
-                            "use_muon=True; give it a group with use_muon=False (AdamW)"
-                        )
-        super().add_param_group(param_group)
 
     # -- hooks of the base class ----------------------------------------------------------
 
@@ -193,6 +211,7 @@ class Muon(EduOptimizer):
         """Run the Muon matrices and the AdamW tensors of a bucket each with its own record."""
         assert isinstance(hyper, MuonHyper)
         matrices, others = bucket.split(["momentum_buffer" in s for s in bucket.states])
+        matrices, _ = matrices.split([p.numel() > 0 for p in matrices.params])  # (n, 0): no-op
         if matrices.params:
             super()._run(group, matrices, hyper)
         if others.params:
@@ -205,32 +224,6 @@ class Muon(EduOptimizer):
         if is_adamw and group.get("foreach") is None and fused_supported(bucket.params[0]):
             return "fused"  # torch's fused AdamW kernel computes the companion's update exactly
         return "foreach"
-
-
-def _check_options(options: dict[str, Any], where: str) -> None:
-    """Raise ``ValueError``/``TypeError`` naming the first bad option of a group."""
-    check_lr(options["lr"])
-    check_non_negative("weight_decay", options["weight_decay"])
-    check_beta("momentum", options["momentum"])
-    check_number("eps", options["eps"], 0.0, open_low=True)
-    check_int("ns_steps", options["ns_steps"], minimum=0)
-    if options["ns_steps"] >= 100:
-        raise ValueError(f"ns_steps must be < 100, got {options['ns_steps']}{where}")
-    coefficients = options["ns_coefficients"]
-    if not isinstance(coefficients, (tuple, list)) or len(coefficients) != 3:
-        raise ValueError(
-            f"ns_coefficients must be three numbers (a, b, c), got {coefficients!r}{where}"
-        )
-    for name, value in zip("abc", coefficients, strict=True):
-        check_number(f"ns_coefficients {name}", value)
-    if options["adjust_lr_fn"] not in ADJUST_LR_FNS:
-        raise ValueError(
-            f"adjust_lr_fn must be one of {ADJUST_LR_FNS}, got {options['adjust_lr_fn']!r}{where}"
-        )
-    check_betas(options["betas"])
-    check_non_negative("adamw_eps", options["adamw_eps"])
-    if options["use_muon"] not in (None, True, False):
-        raise TypeError(f"use_muon must be None, True or False, got {options['use_muon']!r}{where}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from torchopt_edu.optim._checks import (
     as_float,
     check_beta,
     check_betas,
+    check_flag,
     check_int,
     check_lr,
     check_non_negative,
@@ -24,6 +25,9 @@ from torchopt_edu.optim._compiled import compiled_kernel, scalars_for
 from torchopt_edu.optim._shared import directed_grads
 
 __all__ = ["Prodigy", "ProdigyHyper"]
+
+#: The on/off options (stored as bools).
+FLAGS = ("use_bias_correction", "decouple", "safeguard_warmup")
 
 #: Options that define the one d estimate shared by every param group: all groups must agree.
 SHARED_OPTIONS = (
@@ -171,17 +175,6 @@ class Prodigy(EduOptimizer):
         compiled: bool = False,
         flat: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_betas(betas)
-        if beta3 is not None:
-            check_beta("beta3", beta3)
-        check_number("eps", eps, 0.0, open_low=True)
-        check_non_negative("weight_decay", weight_decay)
-        check_number("d0", d0, 0.0, open_low=True)
-        check_number("d_coef", d_coef, 0.0, open_low=True)
-        if growth_rate != math.inf:
-            check_number("growth_rate", growth_rate, 0.0, open_low=True)
-        check_int("slice_p", slice_p, minimum=1)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -195,9 +188,9 @@ class Prodigy(EduOptimizer):
             d_coef=d_coef,
             k=0,
             growth_rate=growth_rate,
-            use_bias_correction=bool(use_bias_correction),
-            decouple=bool(decouple),
-            safeguard_warmup=bool(safeguard_warmup),
+            use_bias_correction=use_bias_correction,
+            decouple=decouple,
+            safeguard_warmup=safeguard_warmup,
             slice_p=slice_p,
             foreach=foreach,
             fused=fused,
@@ -206,8 +199,31 @@ class Prodigy(EduOptimizer):
         )
         self._deferred: list[tuple[Bucket, ProdigyHyper, Impl]] = []
         self._stepped: list[Tensor] = []  # the parameters with a gradient in this step
-        self._flat_requested = bool(flat)  # add_param_group runs before the buffers exist
+        self.check_options(defaults)
+        defaults.update({flag: check_flag(flag, defaults[flag]) for flag in FLAGS})
         super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """The constructor's ranges, the on/off options as flags and, in a loaded group, the
+        estimate of d: positive and finite, a step count ``k``, a finite numerator."""
+        check_lr(options["lr"])
+        check_betas(options["betas"])
+        if options["beta3"] is not None:
+            check_beta("beta3", options["beta3"])
+        check_number("eps", options["eps"], 0.0, open_low=True)
+        check_non_negative("weight_decay", options["weight_decay"])
+        check_number("d0", options["d0"], 0.0, open_low=True)
+        check_number("d_coef", options["d_coef"], 0.0, open_low=True)
+        if options["growth_rate"] != math.inf:
+            check_number("growth_rate", options["growth_rate"], 0.0, open_low=True)
+        check_int("slice_p", options["slice_p"], minimum=1)
+        for flag in FLAGS:
+            check_flag(flag, options[flag])
+        check_number("d", options["d"], 0.0, open_low=True)
+        check_number("d_max", options["d_max"], 0.0, open_low=True)
+        check_number("d_numerator", options["d_numerator"])
+        check_int("k", options["k"], minimum=0)
 
     # -- options and state ------------------------------------------------------------------
 
@@ -216,20 +232,28 @@ class Prodigy(EduOptimizer):
         if isinstance(param_group, dict):
             group = {**self.defaults, **param_group}
             if self.param_groups:
-                self._check_group_fits(group, len(self.param_groups))
+                self._check_group_fits(group, len(self.param_groups), [*self.param_groups, group])
             self._check_layout(group, f"param group {len(self.param_groups)}")
         super().add_param_group(param_group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load as the base class does, after checking that the saved groups' ``slice_p`` and
-        ``betas`` suit this optimizer's flat buffers and compiled kernels."""
+        """Load as the base class does, after checking that the saved groups share one d (as
+        :meth:`add_param_group` requires) and that their ``slice_p`` and ``betas`` suit this
+        optimizer's flat buffers and compiled kernels."""
         saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-        if isinstance(saved_groups, (list, tuple)) and len(saved_groups) == len(self.param_groups):
-            for index, (saved, group) in enumerate(
-                zip(saved_groups, self.param_groups, strict=True)
-            ):
-                if isinstance(saved, dict):
-                    self._check_layout({**group, **saved}, f"the checkpoint's param group {index}")
+        if (
+            isinstance(saved_groups, (list, tuple))
+            and len(saved_groups) == len(self.param_groups)
+            and all(isinstance(saved, dict) for saved in saved_groups)
+        ):
+            merged = [
+                {**group, **saved}
+                for saved, group in zip(saved_groups, self.param_groups, strict=True)
+            ]
+            for index, group in enumerate(merged):
+                where = f"the checkpoint's param group {index}"
+                self._check_layout(group, where)
+                self._check_group_fits(group, index, merged, where)
         super().load_state_dict(state_dict)
 
     def _check_layout(self, group: dict[str, Any], where: str) -> None:
@@ -262,19 +286,28 @@ class Prodigy(EduOptimizer):
         prodigy_statistics_compiled(bucket, hyper)
         prodigy_compiled(bucket, hyper)
 
-    def _check_group_fits(self, group: dict[str, Any], index: int) -> None:
-        first = self.param_groups[0]
+    def _check_group_fits(
+        self,
+        group: dict[str, Any],
+        index: int,
+        groups: list[dict[str, Any]],
+        where: str | None = None,
+    ) -> None:
+        """Raise unless ``group`` (number ``index``) shares d's options with ``groups[0]`` and
+        has the largest lr of ``groups`` or 0."""
+        where = where or f"param group {index}"
+        first = groups[0]
         for key in SHARED_OPTIONS:
             if _canonical(group[key]) != _canonical(first[key]):
                 raise ValueError(
                     f"Prodigy estimates one d for all param groups, so {key} must be the same "
-                    f"in each: param group {index} has {group[key]!r}, group 0 has {first[key]!r}"
+                    f"in each: {where} has {group[key]!r}, group 0 has {first[key]!r}"
                 )
-        lr, lr_max = as_float(group["lr"]), self._lr_max([*self.param_groups, group])
+        lr, lr_max = as_float(group["lr"]), self._lr_max(groups)
         if lr not in (0.0, lr_max):
             raise ValueError(
                 f"Prodigy: every param group's lr must be the largest lr ({lr_max}) or 0, "
-                f"param group {index} has lr={lr}"
+                f"{where} has lr={lr}"
             )
 
     @staticmethod
@@ -283,7 +316,7 @@ class Prodigy(EduOptimizer):
 
     def _check_grads(self, group: dict[str, Any], grads: list[Tensor]) -> None:
         index = next(i for i, g in enumerate(self.param_groups) if g is group)
-        self._check_group_fits(group, index)
+        self._check_group_fits(group, index, self.param_groups)
         if any(grad.is_complex() for grad in grads):
             raise RuntimeError(f"Prodigy supports real parameters only (param group {index})")
 

@@ -81,11 +81,6 @@ class RMSprop(EduOptimizer):
         fused: bool | None = None,
         flat: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_non_negative("eps", eps)
-        check_non_negative("momentum", momentum)
-        check_non_negative("weight_decay", weight_decay)
-        check_non_negative("alpha", alpha)
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -99,7 +94,17 @@ class RMSprop(EduOptimizer):
             differentiable=differentiable,
             fused=fused,
         )
+        self.check_options(defaults)
         super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Learning rate, eps, momentum, weight decay and alpha finite and >= 0."""
+        check_lr(options["lr"])
+        check_non_negative("eps", options["eps"])
+        check_non_negative("momentum", options["momentum"])
+        check_non_negative("weight_decay", options["weight_decay"])
+        check_non_negative("alpha", options["alpha"])
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["step"] = self._new_step(param, group)

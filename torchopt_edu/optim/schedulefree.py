@@ -69,6 +69,7 @@ from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, Impl
 from torchopt_edu.optim._checks import (
     as_float,
     check_betas,
+    check_flag,
     check_int,
     check_lr,
     check_non_negative,
@@ -134,13 +135,24 @@ class _ScheduleFree(EduOptimizer):
         *,
         flat: bool,
     ) -> None:
-        check_lr(defaults["lr"])
-        check_non_negative("weight_decay", defaults["weight_decay"])
-        check_int("warmup_steps", defaults["warmup_steps"], minimum=0)
-        check_number("r", defaults["r"], 0.0)
-        check_number("weight_lr_power", defaults["weight_lr_power"], 0.0)
         counters = dict(k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
-        super().__init__(params, {**defaults, **counters}, flat=flat)
+        defaults = {**defaults, **counters}
+        self.check_options(defaults)
+        super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """The schedule's options and, in a loaded group, its counters: finite, >= 0."""
+        check_lr(options["lr"])
+        check_non_negative("weight_decay", options["weight_decay"])
+        check_int("warmup_steps", options["warmup_steps"], minimum=0)
+        check_number("r", options["r"], 0.0)
+        check_number("weight_lr_power", options["weight_lr_power"], 0.0)
+        check_int("k", options["k"], minimum=0)
+        check_flag("train_mode", options["train_mode"])
+        check_number("weight_sum", options["weight_sum"], 0.0)
+        check_number("lr_max", options["lr_max"], -1.0)
+        check_number("scheduled_lr", options["scheduled_lr"], 0.0)
 
     def _beta(self, group: dict[str, Any]) -> float:
         """The interpolation weight beta between z and x (momentum or betas[0])."""
@@ -270,7 +282,6 @@ class SGDScheduleFree(_ScheduleFree):
         compiled: bool = False,
         flat: bool = False,
     ) -> None:
-        check_number("momentum", momentum, 0.0, 1.0, open_low=True, open_high=True)
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -283,6 +294,12 @@ class SGDScheduleFree(_ScheduleFree):
             compiled=compiled,
         )
         super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """The momentum in (0, 1), then the schedule's rules."""
+        check_number("momentum", options["momentum"], 0.0, 1.0, open_low=True, open_high=True)
+        super().check_options(options)
 
     def _beta(self, group: dict[str, Any]) -> float:
         return group["momentum"]
@@ -362,13 +379,6 @@ class AdamWScheduleFree(_ScheduleFree):
         compiled: bool = False,
         flat: bool = False,
     ) -> None:
-        check_betas(betas)
-        if not as_float(betas[0]) > 0:
-            raise ValueError(
-                f"Invalid beta parameter at index 0: betas[0]={betas[0]} (AdamWScheduleFree "
-                "needs betas[0] in (0, 1): x is recovered from y and z by dividing by it)"
-            )
-        check_non_negative("eps", eps)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -382,6 +392,19 @@ class AdamWScheduleFree(_ScheduleFree):
             compiled=compiled,
         )
         super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """betas with betas[0] > 0 and eps >= 0, then the schedule's rules."""
+        betas = options["betas"]
+        check_betas(betas)
+        if not as_float(betas[0]) > 0:
+            raise ValueError(
+                f"Invalid beta parameter at index 0: betas[0]={betas[0]} (AdamWScheduleFree "
+                "needs betas[0] in (0, 1): x is recovered from y and z by dividing by it)"
+            )
+        check_non_negative("eps", options["eps"])
+        super().check_options(options)
 
     def _beta(self, group: dict[str, Any]) -> float:
         return as_float(group["betas"][0])

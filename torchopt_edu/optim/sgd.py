@@ -98,14 +98,6 @@ class SGD(EduOptimizer):
         fused: bool | None = None,
         flat: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_non_negative("momentum", momentum)
-        check_non_negative("weight_decay", weight_decay)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError(
-                "Nesterov momentum requires a momentum and zero dampening "
-                f"(got nesterov=True, momentum={momentum}, dampening={dampening})"
-            )
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -117,7 +109,22 @@ class SGD(EduOptimizer):
             differentiable=differentiable,
             fused=fused,
         )
+        self.check_options(defaults)
         super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Learning rate, momentum and weight decay >= 0; Nesterov needs a momentum and no
+        dampening."""
+        check_lr(options["lr"])
+        check_non_negative("momentum", options["momentum"])
+        check_non_negative("weight_decay", options["weight_decay"])
+        momentum, dampening = options["momentum"], options["dampening"]
+        if options["nesterov"] and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                "Nesterov momentum requires a momentum and zero dampening "
+                f"(got nesterov=True, momentum={momentum}, dampening={dampening})"
+            )
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         if group["momentum"] != 0:
@@ -190,6 +197,12 @@ class Momentum(SGD):
             fused=fused,
             flat=flat,
         )
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """SGD's rules, with the momentum (``beta``) in [0, 1)."""
+        super().check_options(options)
+        check_beta("beta", options["momentum"])
 
 
 # ---------------------------------------------------------------------------------------

@@ -70,11 +70,6 @@ class Yogi(EduOptimizer):
         foreach: bool | None = None,
         flat: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_betas(betas)
-        check_non_negative("eps", eps)
-        check_non_negative("initial_accumulator_value", initial_accumulator_value)
-        check_non_negative("weight_decay", weight_decay)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -85,7 +80,17 @@ class Yogi(EduOptimizer):
             foreach=foreach,
             fused=None,
         )
+        self.check_options(defaults)
         super().__init__(params, defaults, flat=flat)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Learning rate, eps, initial value and weight decay finite and >= 0; betas in [0, 1)."""
+        check_lr(options["lr"])
+        check_betas(options["betas"])
+        check_non_negative("eps", options["eps"])
+        check_non_negative("initial_accumulator_value", options["initial_accumulator_value"])
+        check_non_negative("weight_decay", options["weight_decay"])
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["step"] = self._new_step(param, group)
