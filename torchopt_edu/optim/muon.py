@@ -63,8 +63,12 @@ class Muon(EduOptimizer):
     singular value towards 1: :math:`O \approx UV^\top` for :math:`\tilde B = USV^\top`. The
     scale :math:`s` is :math:`\sqrt{\max(1, A/B)}` (``adjust_lr_fn="original"``, the default)
     or :math:`0.2\sqrt{\max(A, B)}` (``"match_rms_adamw"``, Moonshot's, which lets Muon reuse
-    AdamW's learning rate and weight decay). These are exactly torch.optim.Muon's numbers
-    (state key ``momentum_buffer``; its state dicts load here).
+    AdamW's learning rate and weight decay). The per-tensor loop gives exactly
+    torch.optim.Muon's numbers; the default path stacks same-shape matrices into one batched
+    Newton-Schulz, whose bfloat16 products may round one element differently (one bf16 ulp,
+    seen as ~1e-10 in float64 parameters after a dozen steps). State key ``momentum_buffer``;
+    torch.optim.Muon's state dicts load here. An empty matrix (a dimension of 0) is left as it
+    is (torch.optim.Muon divides by zero).
 
     Every other parameter (biases, norms' gains, anything not 2-D) and any parameter of a group
     with ``use_muon=False`` (embeddings and the output head, by Keller Jordan's recipe) takes
