@@ -434,3 +434,19 @@ def test_a_checkpoint_with_slice_p_is_refused_by_flat_and_compiled_optimizers_un
         assert torch.equal(after["state"][key]["s"], state["s"])
     set_grads([params], 1)
     ours.step()  # still works
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(foreach=False), dict(flat=True)])
+def test_float16_parameters_are_refused_before_anything_changes(kwargs):
+    """d g and d^2 g^2 underflow float16 (d starts at 1e-6): the default path used to move
+    the parameters by ~100 with d stuck at d0, the loop and prodigyopt gave NaN."""
+    params = [torch.randn(64, dtype=torch.float16, requires_grad=True), torch.randn(3)]
+    params[1].requires_grad_()
+    optimizer = Prodigy(params, **kwargs)
+    for p in params:
+        p.grad = torch.full_like(p, 1e-2)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(TypeError, match="Prodigy cannot update float16 parameters"):
+        optimizer.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
+    assert not optimizer.state

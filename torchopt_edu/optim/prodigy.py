@@ -122,7 +122,8 @@ class Prodigy(EduOptimizer):
     weight near 1, and the numerator reads them back through :math:`x_0 - x_k`. So in float32
     two implementations whose roundings differ by one ulp (torch's fused AdamW decays with
     :math:`x(1-a)`, the reference with :math:`x - a x`) can see d differ by ~1% after a few
-    steps; in float64 all paths here agree with the reference to ~1e-10.
+    steps; in float64 all paths here agree with the reference to ~1e-10. float16 parameters
+    are refused (``TypeError``): :math:`d_0 g` and :math:`d_0^2 g^2` underflow there.
 
     Defaults (as the reference): ``lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8,
     weight_decay=0, decouple=True, use_bias_correction=False, safeguard_warmup=False,
@@ -319,6 +320,13 @@ class Prodigy(EduOptimizer):
         self._check_group_fits(group, index, self.param_groups)
         if any(grad.is_complex() for grad in grads):
             raise RuntimeError(f"Prodigy supports real parameters only (param group {index})")
+        if any(grad.dtype == torch.float16 for grad in grads):
+            raise TypeError(
+                f"Prodigy cannot update float16 parameters (param group {index}): its moments "
+                f"of d*g start near d0={group['d0']}, below float16's range, so every path "
+                "(and prodigyopt's) gives NaN or a wrong step; use float32 or bfloat16 "
+                "parameters, or float32 ones under torch.autocast"
+            )
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         sliced = param.detach().reshape(-1)[:: group["slice_p"]]
