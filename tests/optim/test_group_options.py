@@ -135,3 +135,17 @@ def test_a_group_given_as_a_generator_keeps_its_parameters():
     optimizer = ours.Adam([params[0]])
     optimizer.add_param_group({"params": (p for p in params[1:])})
     assert optimizer.param_groups[1]["params"] == [params[1]]
+
+
+def test_a_group_edited_into_a_value_that_cannot_step_refuses_the_whole_step():
+    """Every group's record is read before any update: group 0 does not move when group 1
+    cannot step (AdamWScheduleFree divides by betas[0])."""
+    a, b = _matrix(0), _matrix(1)
+    optimizer = ours.AdamWScheduleFree([{"params": [a]}, {"params": [b]}], lr=0.1)
+    optimizer.param_groups[1]["betas"] = (0.0, 0.999)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    before = a.detach().clone()
+    with pytest.raises(ValueError, match=r"needs betas\[0\] in \(0, 1\)"):
+        optimizer.step()
+    assert torch.equal(a.detach(), before)
+    assert not optimizer.state and optimizer.param_groups[0]["k"] == 0

@@ -488,16 +488,17 @@ class EduOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         plans = [self._plan(index, group) for index, group in enumerate(self.param_groups)]
-        for index, plan in enumerate(plans):
+        # every group's record before any update: an option that cannot step changes nothing
+        hypers = [self._hyper(plan.group) for plan in plans]
+        for index, (plan, hyper) in enumerate(zip(plans, hypers, strict=True)):
             if self._flat:
                 flat_group = self._flat_groups[index]
                 if flat_group.ready_for_fast_step(self, plan.group, plan.grads_in_buffer):
-                    hyper = self._hyper(plan.group)
                     for bucket in flat_group.buckets():
                         self._run(plan.group, bucket, hyper)
                     flat_group.after_fast_step()
                     continue
-            self._step_planned(plan)
+            self._step_planned(plan, hyper)
         return loss
 
     def _plan(self, index: int, group: dict[str, Any]) -> _Plan:
@@ -570,7 +571,7 @@ class EduOptimizer(Optimizer):
         if reason is not None:
             raise RuntimeError(f"{type(self).__name__}: fused=True is not available: {reason}")
 
-    def _step_planned(self, plan: _Plan) -> None:
+    def _step_planned(self, plan: _Plan, hyper: Hyper) -> None:
         if not plan.params:
             return
         group, optimizer_state = plan.group, self.state
@@ -586,7 +587,6 @@ class EduOptimizer(Optimizer):
                     optimizer_state[p] = state
             states.append(state)
             fresh.append(is_fresh)
-        hyper = self._hyper(group)
         for bucket in make_buckets(plan.params, plan.grads, states, fresh):
             self._run(group, bucket, hyper)
 
