@@ -450,3 +450,18 @@ def test_float16_parameters_are_refused_before_anything_changes(kwargs):
         optimizer.step()
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
     assert not optimizer.state
+
+
+def test_betas_given_as_one_tensor_step_like_a_tuple():
+    """torch.optim takes betas=torch.tensor([b1, b2]); the groups' agreement check compared
+    the tensors and raised 'Boolean value of Tensor ... is ambiguous'."""
+    results = []
+    for betas in ((0.9, 0.99), torch.tensor([0.9, 0.99], dtype=torch.float64)):
+        a = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
+        b = torch.linspace(1, 2, 3, dtype=torch.float64, requires_grad=True)
+        optimizer = Prodigy([{"params": [a]}, {"params": [b]}], betas=betas)
+        for _ in range(3):
+            a.grad, b.grad = torch.cos(a.detach()), torch.sin(b.detach())
+            optimizer.step()
+        results.append(torch.cat([a.detach(), b.detach()]))
+    assert torch.equal(results[0], results[1])

@@ -435,7 +435,7 @@ class Prodigy(EduOptimizer):
 
 def _canonical(value: Any) -> Any:
     """An option as compared across groups: betas as a tuple of floats, whatever the input."""
-    return tuple(as_float(v) for v in value) if isinstance(value, (list, tuple)) else value
+    return tuple(as_float(v) for v in value) if isinstance(value, (list, tuple, Tensor)) else value
 
 
 # ---------------------------------------------------------------------------------------
