@@ -357,6 +357,7 @@ def test_two_threads_stepping_at_once_get_torchs_numbers_and_keep_the_thread_cou
     torch_cls = getattr(torch.optim, cls.__name__)
     sizes = (40_000, 300, 10, 7) * 3  # small tensors take the single-thread path
     results, errors, thread_counts = {}, [], {}
+    both_done = threading.Barrier(2, timeout=60)
 
     def train(name: str) -> None:
         try:
@@ -375,6 +376,7 @@ def test_two_threads_stepping_at_once_get_torchs_numbers_and_keep_the_thread_cou
                 our_opt.step()
                 torch_opt.step()
             results[name] = (mine, theirs)
+            both_done.wait()  # read the count once neither thread is inside a step
             thread_counts[name] = torch.get_num_threads()
         except BaseException as error:  # reported by the main thread
             errors.append(error)
