@@ -318,9 +318,10 @@ class Prodigy(EduOptimizer):
     def _check_grads(self, group: dict[str, Any], grads: list[Tensor]) -> None:
         index = next(i for i, g in enumerate(self.param_groups) if g is group)
         self._check_group_fits(group, index, self.param_groups)
-        if any(grad.is_complex() for grad in grads):
+        dtypes = {grad.dtype for grad in grads}
+        if any(dtype.is_complex for dtype in dtypes):
             raise RuntimeError(f"Prodigy supports real parameters only (param group {index})")
-        if any(grad.dtype == torch.float16 for grad in grads):
+        if torch.float16 in dtypes:
             raise TypeError(
                 f"Prodigy cannot update float16 parameters (param group {index}): its moments "
                 f"of d*g start near d0={group['d0']}, below float16's range, so every path "
