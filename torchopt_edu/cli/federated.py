@@ -337,7 +337,8 @@ def build_strategy(args: argparse.Namespace) -> Strategy:
             strategy,
             clip_norm=args.dp_clip,
             noise_multiplier=args.dp_noise,
-            sample_rate=args.fraction,
+            # the share of clients Simulation samples per round: max(1, round(C K)) of K
+            sample_rate=max(1, round(args.fraction * args.clients)) / args.clients,
             delta=args.dp_delta,
             seed=args.seed,
         )

@@ -41,7 +41,8 @@ from torch import nn
 from torchopt_edu.federated.aggregate import check_update
 from torchopt_edu.federated.client import ClientResult
 from torchopt_edu.federated.robust import ClipUpdates
-from torchopt_edu.federated.strategy import FedAvg, Strategy
+from torchopt_edu.federated.scaffold import Scaffold
+from torchopt_edu.federated.strategy import FedAvg, Strategy, nested_strategies
 from torchopt_edu.optim._checks import check_int, check_number, check_seed
 
 
@@ -96,6 +97,11 @@ class DPFedAvg(ClipUpdates):
         seed: int = 0,
     ) -> None:
         super().__init__(FedAvg() if strategy is None else strategy, clip_norm)
+        if any(isinstance(inner, Scaffold) for inner in nested_strategies(self.strategy)):
+            raise ValueError(
+                "DPFedAvg hands its strategy one noisy average, not the clients' results; "
+                f"SCAFFOLD needs each client's own result for its control variates: {strategy!r}"
+            )
         self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, 0.0)
         self.sample_rate = check_number("sample_rate", sample_rate, 0.0, 1.0, open_low=True)
         self.delta = check_number("delta", delta, 0.0, 1.0, open_low=True, open_high=True)

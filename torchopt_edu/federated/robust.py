@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from torchopt_edu.federated.aggregate import State, average, check_update, weighted_sum
 from torchopt_edu.federated.client import ClientResult, LocalTraining
-from torchopt_edu.federated.strategy import FedAvg, Strategy, StrategyWrapper
+from torchopt_edu.federated.strategy import FedAvg, ServerStepError, Strategy, StrategyWrapper
 from torchopt_edu.optim._checks import check_int, check_number
 
 
@@ -100,6 +100,15 @@ class RobustStrategy(Strategy):
     def __init__(self, server: Strategy | None = None) -> None:
         if server is not None and not isinstance(server, Strategy):
             raise TypeError(f"server must be a Strategy, got {server!r}")
+        if server is not None and not server.aggregates_by_mean:
+            raise ValueError(
+                f"server={server!r} cannot take a robust combination: it changes or needs the "
+                "clients' own results, which the robust rule has already combined (a clipping or "
+                "DP wrapper would be skipped, SCAFFOLD has no client ids). Use FedAvg or a FedOpt "
+                f"strategy as the server, and wrap the robust rule instead, e.g. "
+                f"ClipUpdates({type(self).__name__}(), max_norm) or DPFedAvg({type(self).__name__}"
+                "(), ...)"
+            )
         self.server = FedAvg() if server is None else server
 
     def combine(self, results: Sequence[ClientResult], reference: State) -> dict[str, Tensor]:
@@ -158,7 +167,15 @@ class FedTrimmedAvg(RobustStrategy):
         self.beta = check_number("beta", beta, 0.0, 0.5, open_high=True)
 
     def combine(self, results: Sequence[ClientResult], reference: State) -> dict[str, Tensor]:
-        """:func:`trimmed_mean` of the states."""
+        """:func:`trimmed_mean` of the states; :class:`ServerStepError` (the round is refused)
+        if ``beta > 0`` trims nothing from this few results (the plain mean, which one attacker
+        moves at will)."""
+        if self.beta > 0 and int(self.beta * len(results)) == 0:
+            raise ServerStepError(
+                f"FedTrimmedAvg(beta={self.beta}) trims floor({self.beta} x {len(results)}) = 0 "
+                f"of {len(results)} results at each end: that is the plain mean; it needs at "
+                f"least {math.ceil(1 / self.beta)} results per round"
+            )
         return trimmed_mean([r.state for r in results], self.beta)
 
     def __repr__(self) -> str:
@@ -184,7 +201,16 @@ class Krum(RobustStrategy):
         self.num_clients_to_keep = check_int("num_clients_to_keep", num_clients_to_keep, 0)
 
     def select(self, results: Sequence[ClientResult]) -> list[int]:
-        """Positions of the chosen results (one for Krum, ``m`` for Multi-Krum)."""
+        """Positions of the chosen results (one for Krum, ``m`` for Multi-Krum);
+        :class:`ServerStepError` (the round is refused) unless there are more than ``2 f + 2``
+        results, the bound under which Krum tolerates ``f`` attackers (with fewer it can pick an
+        attacker's model)."""
+        f = self.num_malicious_clients
+        if f > 0 and len(results) <= 2 * f + 2:
+            raise ServerStepError(
+                f"Krum with num_malicious_clients={f} needs more than {2 * f + 2} results to "
+                f"tolerate them, got {len(results)}"
+            )
         scores = krum_scores([r.state for r in results], self.num_malicious_clients)
         if self.num_clients_to_keep > len(results):
             raise ValueError(

@@ -53,7 +53,7 @@ from torchopt_edu.federated.checkpoint import (
 )
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining, LossFn
 from torchopt_edu.federated.faults import Faults, local_steps
-from torchopt_edu.federated.strategy import ServerStepError, Strategy
+from torchopt_edu.federated.strategy import ServerStepError, Strategy, nested_strategies
 from torchopt_edu.optim._checks import check_int, check_seed, is_integer, is_real
 
 Record = dict[str, Any]
@@ -75,6 +75,30 @@ def sample_clients(num_clients: int, fraction: float, seed: int, round_: int) ->
     count = max(1, round(fraction * num_clients))
     chosen = np.random.default_rng([seed, round_]).choice(num_clients, count, replace=False)
     return sorted(int(k) for k in chosen)
+
+
+def check_strategy_fits(strategy: Strategy, num_clients: int, fraction: float) -> None:
+    """Raise ``ValueError`` if a strategy's own count of the population disagrees with the
+    simulation's: DP-FedAvg's ``sample_rate`` (its privacy accounting) must be the share of
+    clients sampled per round, SCAFFOLD's ``num_clients`` the number of clients."""
+    from torchopt_edu.federated.privacy import DPFedAvg
+    from torchopt_edu.federated.scaffold import Scaffold
+
+    sampled = max(1, round(fraction * num_clients))
+    for inner in nested_strategies(strategy):
+        if isinstance(inner, DPFedAvg) and not math.isclose(
+            inner.sample_rate, sampled / num_clients, rel_tol=1e-9
+        ):
+            raise ValueError(
+                f"DPFedAvg's sample_rate={inner.sample_rate} but the simulation samples "
+                f"{sampled} of {num_clients} clients per round: epsilon would be computed for "
+                f"the wrong sampling; pass sample_rate={sampled}/{num_clients}"
+            )
+        if isinstance(inner, Scaffold) and inner.num_clients != num_clients:
+            raise ValueError(
+                f"Scaffold(num_clients={inner.num_clients}) but the simulation has "
+                f"{num_clients} clients: its control variate averages over all of them"
+            )
 
 
 def screen(
@@ -261,6 +285,7 @@ class Simulation:
             raise TypeError(f"attack must be an Attack, got {attack!r}")
         if faults is not None and not isinstance(faults, Faults):
             raise TypeError(f"faults must be a Faults, got {faults!r}")
+        check_strategy_fits(strategy, len(clients), fraction)
         self.model = model
         self.worker = copy.deepcopy(model)
         self.clients = list(clients)

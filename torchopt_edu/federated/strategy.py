@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -55,7 +55,8 @@ ServerOptimizerFactory = Callable[[Iterable[Tensor]], Optimizer]
 
 
 class ServerStepError(ValueError):
-    """A server step refused because its result is not finite; nothing was changed."""
+    """A server step refused, nothing changed: its result would not be finite, or the round's
+    results are too few for the aggregation rule's guarantee (Krum, the trimmed mean)."""
 
 
 def check_server_result(state: State, what: str) -> None:
@@ -182,8 +183,8 @@ class FedOpt(Strategy):
 
     Each round: ``p.grad = p - averaged[name]`` for every trainable parameter, one
     ``optimizer.step()``, grads cleared; every other state-dict entry is set to the average.
-    A step whose result is not finite is undone (parameters and optimizer state restored to
-    the bit) and raises :class:`ServerStepError`.
+    A step whose result is not finite, or that raises inside the optimizer, is undone
+    (parameters and optimizer state restored to the bit) and raises :class:`ServerStepError`.
 
     Reference: Reddi et al. 2021, "Adaptive Federated Optimization" (ICLR), Algorithm 2.
     """
@@ -214,9 +215,16 @@ class FedOpt(Strategy):
         with torch.no_grad():
             for name, p in trainable:
                 p.grad = p - averaged[name]  # pseudo-gradient Delta
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         try:
+            try:
+                self.optimizer.step()
+            except Exception as error:  # an overflow inside the optimizer, say
+                raise ServerStepError(
+                    f"{type(self).__name__}'s server step failed ({type(error).__name__}: "
+                    f"{error}); the global model and the server state are unchanged"
+                ) from error
+            finally:
+                self.optimizer.zero_grad(set_to_none=True)
             check_server_result(dict(trainable), f"{type(self).__name__}'s server step")
         except ServerStepError:
             with torch.no_grad():
@@ -355,6 +363,14 @@ class StrategyWrapper(Strategy):
                 f"{type(self).__name__} state needs key 'strategy', got {sorted(state)}"
             )
         self.strategy.load_state_dict(state["strategy"], model)
+
+
+def nested_strategies(strategy: Strategy) -> Iterator[Strategy]:
+    """``strategy`` and every strategy inside it (a wrapper's ``strategy``, a robust rule's
+    ``server``), outermost first."""
+    while isinstance(strategy, Strategy):
+        yield strategy
+        strategy = getattr(strategy, "strategy", None) or getattr(strategy, "server", None)
 
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
