@@ -229,3 +229,61 @@ def test_flower_bench_line_names_the_setting_and_the_thread_count():
         "core) 2.50 rounds/s (4.9x); final test accuracy 0.8306 and 0.8306"
     )
     assert "with 2 threads" in format_result({**result, "threads": 2})
+
+
+def _reply(node: int, partition: int, state: dict, num_examples) -> object:
+    """A SuperNode's train reply as Flower delivers it to the ServerApp."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+
+    metadata = Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="query",
+        group_id="1",
+        created_at=0.0,
+        ttl=60.0,
+        message_type="train",
+    )
+    metrics = MetricRecord({"num-examples": num_examples, "loss": 0.5, "train-time-s": 0.0})
+    content = RecordDict(
+        {
+            "metrics": metrics,
+            "arrays": ArrayRecord({k: v.detach().clone() for k, v in state.items()}),
+            "partition": ConfigRecord({"partition-id": partition}),
+        }
+    )
+    return Message(content, metadata=metadata)
+
+
+@pytest.mark.parametrize("bad", [-5, float("nan")])
+def test_a_malformed_supernode_reply_is_skipped_with_a_warning(bad):
+    experiment = digits_experiment({"num-clients": 3})
+    strategy = FlowerStrategy(experiment)
+    start = {k: v.clone() for k, v in experiment.model.state_dict().items()}
+    states = [{k: v + 0.1 * (c + 1) for k, v in start.items()} for c in range(3)]
+    replies = [_reply(10 + c, c, states[c], 10 if c < 2 else bad) for c in range(3)]
+    with pytest.warns(RuntimeWarning, match="SuperNode 12 failed: malformed reply: num"):
+        strategy.aggregate_train(1, replies)
+    for name, tensor in experiment.model.state_dict().items():  # the mean of the two others
+        torch.testing.assert_close(tensor, (states[0][name] + states[1][name]) / 2)
+    assert strategy.history[-1]["samples"] == 20 and strategy.history[-1]["refused"] is None
+
+
+def test_a_refused_server_step_is_recorded_and_the_round_goes_on():
+    import functools
+
+    from torchopt_edu.federated import FedOpt
+    from torchopt_edu.optim import SGD
+
+    experiment = digits_experiment({"num-clients": 2})
+    experiment.strategy = FedOpt(functools.partial(SGD, lr=1e38))
+    strategy = FlowerStrategy(experiment)
+    start = {k: v.clone() for k, v in experiment.model.state_dict().items()}
+    replies = [_reply(10 + c, c, {k: v + 1e3 for k, v in start.items()}, 10) for c in range(2)]
+    with pytest.warns(RuntimeWarning, match="server step refused"):
+        strategy.aggregate_train(1, replies)
+    assert "refused" in strategy.history[-1]["refused"]
+    for name, tensor in experiment.model.state_dict().items():
+        assert torch.equal(tensor, start[name])

@@ -160,3 +160,144 @@ def test_a_simulation_records_a_krum_round_with_too_few_replies_as_refused():
     assert "needs more than 4 results" in record["refused"]
     for name, tensor in before.items():
         assert torch.equal(simulation.model.state_dict()[name], tensor)
+
+
+def test_a_failed_round_puts_the_compressors_memory_back():
+    """Krum(keep=5) of 3 results raises after the uploads were compressed: the error memory
+    (and QSGD's rounding counters) must be as before, so a retry is the same run."""
+    from torchopt_edu.federated import QSGD, TopK
+
+    for compressor in (TopK(0.1), QSGD(error_feedback=True)):
+        simulation = Simulation(
+            _model(),
+            _clients(3),
+            Krum(0, 5),
+            TRAIN,
+            None,
+            fraction=1.0,
+            compressor=compressor,
+        )
+        before = copy.deepcopy(compressor.state_dict())
+        with pytest.raises(ValueError, match="num_clients_to_keep=5 but only 3 results"):
+            simulation.run(1, progress=False)
+        assert repr(compressor.state_dict()) == repr(before)
+
+
+class _Liar:
+    """A client whose reply lies about itself in one way."""
+
+    def __init__(self, client, change):
+        self.client, self.change = client, change
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def fit(self, *args):
+        result = self.client.fit(*args)
+        self.change(result)
+        return result
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda r: setattr(r, "num_samples", float("nan")), "num_samples must be a whole"),
+        (lambda r: setattr(r, "num_samples", -5), "num_samples must be a whole"),
+        (lambda r: setattr(r, "num_samples", "12"), "num_samples must be a whole"),
+        (lambda r: setattr(r, "client", 99), "it names client 99"),
+        (lambda r: r.metrics.pop("loss"), r"metrics\['loss'\] must be a number"),
+    ],
+)
+def test_a_malformed_reply_is_a_failed_client_named_and_skippable(change, words):
+    clients = _clients(3)
+    clients[2] = _Liar(clients[2], change)
+    strict = Simulation(_model(), clients, FedAvg(), TRAIN, None, fraction=1.0)
+    with pytest.raises(RuntimeError, match=f"client 2: .*malformed reply: {words}"):
+        strict.run(1, progress=False)
+    lenient = Simulation(
+        _model(), clients, FedAvg(), TRAIN, None, fraction=1.0, on_client_error="skip"
+    )
+    with pytest.warns(RuntimeWarning, match="malformed reply"):
+        record = lenient.run(1, progress=False)[-1]
+    assert record["failed"] == [2] and record["samples"] == 24
+
+
+def test_dp_noise_past_the_dtypes_range_refuses_the_round():
+    strategy = DPFedAvg(clip_norm=1e38, noise_multiplier=10.0, sample_rate=1.0)
+    simulation = Simulation(_model(), _clients(3), strategy, TRAIN, None, fraction=1.0)
+    before = copy.deepcopy(simulation.model.state_dict())
+    with pytest.warns(RuntimeWarning, match="DPFedAvg's noisy average refused"):
+        record = simulation.run(1, progress=False)[-1]
+    assert "NaN or infinite" in record["refused"] and strategy.rounds == 0
+    for name, tensor in before.items():
+        assert torch.equal(simulation.model.state_dict()[name], tensor)
+
+
+def _checkpointed(tmp_path):
+    from torchopt_edu.federated import FedAdam
+
+    simulation = Simulation(_model(), _clients(4), FedAdam(), TRAIN, None, fraction=0.5, seed=1)
+    simulation.run(1, progress=False)
+    return simulation.save_checkpoint(tmp_path / "run.pt")
+
+
+def _fresh():
+    from torchopt_edu.federated import FedAdam
+
+    return Simulation(_model(), _clients(4), FedAdam(), TRAIN, None, fraction=0.5, seed=1)
+
+
+def test_a_checkpoint_with_a_flipped_bit_is_refused(tmp_path):
+    from torchopt_edu.federated.checkpoint import CheckpointError
+
+    path = _checkpointed(tmp_path)
+    raw = bytearray(path.read_bytes())
+    weight = torch.load(path, weights_only=True)["model"]["weight"].numpy().tobytes()
+    raw[bytes(raw).find(weight[:16]) + 1] ^= 0x40
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(raw))
+    simulation = _fresh()
+    before = copy.deepcopy(simulation.model.state_dict())
+    with pytest.raises(CheckpointError, match="does not match its stored checksum"):
+        simulation.load_checkpoint(damaged)
+    for name, tensor in before.items():
+        assert torch.equal(simulation.model.state_dict()[name], tensor)
+    assert simulation.load_checkpoint(path) == 1  # the intact one loads
+
+
+def test_a_checkpoint_with_nan_server_state_or_no_run_record_is_refused(tmp_path):
+    from torchopt_edu.federated.checkpoint import CheckpointError
+
+    path = _checkpointed(tmp_path)
+    state = torch.load(path, weights_only=True)
+    state["strategy"]["optimizer"]["state"][0]["exp_avg_sq"].fill_(float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"strategy\['optimizer'\].*holds NaN"):
+        _fresh().load_checkpoint(tmp_path / "nan.pt")
+    state = torch.load(path, weights_only=True)
+    state["run"] = None
+    torch.save(state, tmp_path / "norun.pt")
+    with pytest.raises(CheckpointError, match="'run' must be a dict"):
+        _fresh().load_checkpoint(tmp_path / "norun.pt")
+
+
+def test_qsgd_refuses_a_bucket_it_could_not_allocate():
+    from torchopt_edu.federated import QSGD
+
+    with pytest.raises(ValueError, match="bucket_size must be <= 1048576"):
+        QSGD(bucket_size=10**13)
+
+
+@pytest.mark.parametrize("make", [lambda t: t.to_sparse(), lambda t: t.to("meta")])
+def test_a_sparse_or_meta_update_is_refused_naming_the_client(make):
+    from torchopt_edu.federated import InvalidUpdateError
+
+    model = _model()
+    results = _shifted(model, (0.1, 0.2, 0.3, 0.4, 0.5))
+    results[1].state["weight"] = make(results[1].state["weight"])
+    for strategy in (FedAvg(), FedMedian(), Krum(1), ClipUpdates(FedAvg(), 1.0)):
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(InvalidUpdateError, match="client 1: tensor 'weight': a dense tensor"):
+            strategy.aggregate_fit(model, results)
+        for name, tensor in before.items():
+            assert torch.equal(model.state_dict()[name], tensor)

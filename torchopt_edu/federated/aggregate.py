@@ -48,7 +48,8 @@ class InvalidUpdateError(ValueError):
 
 def check_structure(update: State, reference: State, client: object) -> None:
     """Raise :class:`InvalidUpdateError` unless ``update`` has exactly ``reference``'s keys,
-    and tensors of the same shapes and dtypes."""
+    and dense tensors with values (not sparse, not on the meta device) of the same shapes and
+    dtypes."""
     missing = sorted(reference.keys() - update.keys())
     unexpected = sorted(update.keys() - reference.keys())
     if missing or unexpected:
@@ -61,6 +62,9 @@ def check_structure(update: State, reference: State, client: object) -> None:
             raise InvalidUpdateError(
                 client, name, f"expected a Tensor, got {type(tensor).__name__}"
             )
+        if tensor.layout != torch.strided or tensor.is_meta:
+            kind = "on the meta device (no values)" if tensor.is_meta else f"{tensor.layout}"
+            raise InvalidUpdateError(client, name, f"a dense tensor expected, got one {kind}")
         if tensor.shape != expected.shape:
             raise InvalidUpdateError(
                 client, name, f"shape {tuple(tensor.shape)} != expected {tuple(expected.shape)}"

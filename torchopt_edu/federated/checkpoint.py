@@ -18,6 +18,7 @@ runs) and checks every field before anything is changed; a bad checkpoint raises
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,11 @@ def read_checkpoint(
     ``model_state`` (keys, shapes, dtypes, finite values); return it.
 
     Raises:
-        CheckpointError: unreadable, not a checkpoint, of another run or another model, or
-            inconsistent (a history whose length is not the round).
+        CheckpointError: unreadable, damaged (a stored checksum does not match), not a
+            checkpoint, of another run or another model, a NaN or infinity in the server or
+            compressor state, or inconsistent (a history whose length is not the round).
     """
+    _check_checksums(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -77,6 +80,8 @@ def read_checkpoint(
             f"{path}: expected version {VERSION} with keys {sorted(KEYS)}, got version "
             f"{state.get('version')!r} with keys {sorted(state)}"
         )
+    if not isinstance(state["run"], dict):
+        raise CheckpointError(f"{path}: 'run' must be a dict, got {type(state['run']).__name__}")
     for key, expected in run.items():
         if state["run"].get(key) != expected:
             raise CheckpointError(
@@ -88,6 +93,13 @@ def read_checkpoint(
     except InvalidUpdateError as error:
         where = f"tensor {error.tensor!r}: " if error.tensor is not None else ""
         raise CheckpointError(f"{path}: the model does not fit: {where}{error.problem}") from None
+    for part in ("strategy", "compressor"):
+        where = _non_finite_tensor(state[part], part)
+        if where is not None:
+            raise CheckpointError(
+                f"{path}: {where} holds NaN or infinite values; a run resumed from it would "
+                "refuse every later round"
+            )
     history = state["history"]
     if not isinstance(history, list) or len(history) != state["round"]:
         raise CheckpointError(
@@ -95,3 +107,38 @@ def read_checkpoint(
             f"{len(history) if isinstance(history, list) else type(history).__name__} records"
         )
     return state
+
+
+def _check_checksums(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`CheckpointError` if a member of the checkpoint's zip archive fails its
+    CRC-32 (``torch.load`` does not check them: a flipped bit loads as a wrong weight)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError):
+        return  # not a readable zip: torch.load says what is wrong
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path}: {damaged} does not match its stored checksum; the file is corrupted (the "
+            "previous checkpoint, if any, is kept at its .prev path)"
+        )
+
+
+def _non_finite_tensor(value: Any, where: str) -> str | None:
+    """The path of the first tensor in ``value`` (nested dicts and lists) with a NaN or an
+    infinity, or ``None``."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() or value.is_complex():
+            return None if bool(torch.isfinite(value).all()) else where
+        return None
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite_tensor(item, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None

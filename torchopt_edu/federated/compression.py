@@ -43,6 +43,8 @@ from torchopt_edu.optim._checks import check_flag, check_int, check_number, chec
 
 #: bytes of one index of a top-k code (int32: models up to 2^31 entries)
 INDEX_BYTES = 4
+#: QSGD's largest bucket (its float64 padding is allocated for every upload)
+MAX_BUCKET = 2**20
 
 
 def flatten(update: Mapping[str, Tensor]) -> Tensor:
@@ -167,6 +169,8 @@ class QSGD(UpdateCompressor):
             raise ValueError(f"bits must be <= 16, got {bits}")
         self.levels = 2 ** (self.bits - 1) - 1
         self.bucket_size = check_int("bucket_size", bucket_size, 1)
+        if self.bucket_size > MAX_BUCKET:  # the padding is allocated whatever the model size
+            raise ValueError(f"bucket_size must be <= {MAX_BUCKET}, got {bucket_size}")
         self.seed = check_seed(seed)
         self.calls: dict[int, int] = {}  # client id -> uploads so far (the rounding's seed)
 

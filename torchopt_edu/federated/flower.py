@@ -54,11 +54,17 @@ from torchopt_edu.federated.simulation import (
     check_rounds,
     client_seed,
     evaluate,
+    reply_problem,
     round_summary,
     sample_clients,
     screen,
 )
-from torchopt_edu.federated.strategy import STRATEGIES, Strategy, StrategyWrapper
+from torchopt_edu.federated.strategy import (
+    STRATEGIES,
+    ServerStepError,
+    Strategy,
+    StrategyWrapper,
+)
 from torchopt_edu.optim import SGD
 from torchopt_edu.optim._checks import is_real
 
@@ -264,27 +270,42 @@ class FlowerStrategy(_FlowerStrategyBase):
             cid = self._learn(reply)
             if any(r.client == cid for r in results):
                 raise ValueError(f"two SuperNodes serve partition {cid}")
-            metrics = reply.content["metrics"]
-            state = reply.content["arrays"].to_torch_state_dict()
-            results.append(
-                ClientResult(
+            try:
+                metrics = reply.content["metrics"]
+                result = ClientResult(
                     cid,
-                    dict(state),
-                    int(metrics["num-examples"]),
+                    dict(reply.content["arrays"].to_torch_state_dict()),
+                    metrics["num-examples"],  # checked by reply_problem below
                     {
                         "loss": float(metrics["loss"]),
                         "train_time_s": float(metrics["train-time-s"]),
                     },
                 )
-            )
+            except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
+                problem: str | None = f"{type(error).__name__}: {error}"
+            else:
+                problem = reply_problem(result, cid)
+            if problem is not None:  # skipped, as Simulation(on_client_error="skip") does
+                failed.append((reply.metadata.src_node_id, f"malformed reply: {problem}"))
+                continue
+            results.append(result)
         results.sort(key=lambda r: r.client)  # the simulation's order of the float64 sums
         accepted, errors = screen(results, global_state)
         for node, reason in failed:
             warnings.warn(f"SuperNode {node} failed: {reason}", RuntimeWarning, stacklevel=2)
         for error in errors:
             warnings.warn(f"rejected update: {error}", RuntimeWarning, stacklevel=2)
-        metrics = self.experiment.strategy.aggregate_fit(model, accepted) if accepted else None
-        record: Record = {"round": server_round, "clients": len(results) + len(failed)}
+        refused = None
+        try:
+            metrics = self.experiment.strategy.aggregate_fit(model, accepted) if accepted else None
+        except ServerStepError as error:  # recorded and the run goes on, as in Simulation
+            metrics, refused = None, str(error)
+            warnings.warn(refused, RuntimeWarning, stacklevel=2)
+        record: Record = {
+            "round": server_round,
+            "clients": len(results) + len(failed),
+            "refused": refused,
+        }
         record.update(
             round_summary(
                 sum(r.num_samples for r in accepted),

@@ -42,7 +42,12 @@ from torchopt_edu.federated.aggregate import check_update
 from torchopt_edu.federated.client import ClientResult
 from torchopt_edu.federated.robust import ClipUpdates
 from torchopt_edu.federated.scaffold import Scaffold
-from torchopt_edu.federated.strategy import FedAvg, Strategy, nested_strategies
+from torchopt_edu.federated.strategy import (
+    FedAvg,
+    Strategy,
+    check_server_result,
+    nested_strategies,
+)
 from torchopt_edu.optim._checks import check_int, check_number, check_seed
 
 
@@ -166,6 +171,7 @@ class DPFedAvg(ClipUpdates):
             state[name] = (reference[name].double() + mean.to(reference[name].device)).to(
                 reference[name].dtype
             )
+        check_server_result(state, "DPFedAvg's noisy average")  # noise past the dtype's range
         self.strategy.aggregate_fit(model, [ClientResult(-1, state, 1, {})])
         # counted only once the inner step went through: a refused step spends no budget
         self.rounds += 1

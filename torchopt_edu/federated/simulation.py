@@ -77,6 +77,23 @@ def sample_clients(num_clients: int, fraction: float, seed: int, round_: int) ->
     return sorted(int(k) for k in chosen)
 
 
+def reply_problem(result: object, cid: int) -> str | None:
+    """What is wrong with client ``cid``'s reply to ``fit`` (its type, id, sample count or
+    metrics), or ``None``: the round's record sums these, so a NaN or a negative count
+    would corrupt it without naming the client."""
+    if not isinstance(result, ClientResult):
+        return f"fit returned {type(result).__name__}, not a ClientResult"
+    if result.client != cid:
+        return f"it names client {result.client!r}"
+    if not (is_integer(result.num_samples) and result.num_samples >= 0):
+        return f"num_samples must be a whole number >= 0, got {result.num_samples!r}"
+    for key in ("loss", "train_time_s"):
+        value = result.metrics.get(key) if isinstance(result.metrics, dict) else None
+        if not is_real(value):
+            return f"metrics[{key!r}] must be a number, got {value!r}"
+    return None
+
+
 def check_strategy_fits(strategy: Strategy, num_clients: int, fraction: float) -> None:
     """Raise ``ValueError`` if a strategy's own count of the population disagrees with the
     simulation's: DP-FedAvg's ``sample_rate`` (its privacy accounting) must be the share of
@@ -384,6 +401,10 @@ class Simulation:
                 failure.__cause__ = error
                 failures.append(failure)
                 continue
+            problem = reply_problem(result, k)
+            if problem is not None:  # a client of other code, or a malicious one
+                failures.append(ClientError(k, round_, f"malformed reply: {problem}"))
+                continue
             if k in self.attackers and self.attack is not None:
                 update = {n: result.state[n] - global_state[n] for n in _float_keys(global_state)}
                 generator = torch.Generator().manual_seed(seed + 1)
@@ -396,8 +417,20 @@ class Simulation:
     def _aggregate(
         self, results: list[ClientResult], failures: list[ClientError], global_state: State
     ) -> Record:
-        """Screen the results, upload them, let the strategy update the global model."""
+        """Screen the results, upload them, let the strategy update the global model; if the
+        strategy raises, the compressor's memory is put back (the model was not changed)."""
         self._handle_errors(failures, self.on_client_error, "failed client")
+        memory = None if self.compressor is None else copy.deepcopy(self.compressor.state_dict())
+        try:
+            return self._upload_and_step(results, failures, global_state)
+        except BaseException:
+            if memory is not None:
+                self.compressor.load_state_dict(memory)
+            raise
+
+    def _upload_and_step(
+        self, results: list[ClientResult], failures: list[ClientError], global_state: State
+    ) -> Record:
         if self.on_invalid == "raise" and self.compressor is None:
             # every strategy checks the values of every update before it changes anything and
             # raises InvalidUpdateError naming the client and the tensor; checking them here
