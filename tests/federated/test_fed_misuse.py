@@ -13,8 +13,11 @@ from torch import nn
 
 from torchopt_edu.federated import (
     ClientResult,
+    FedAdagrad,
+    FedAdam,
     FedAvg,
     FedOpt,
+    FedYogi,
     LocalTraining,
     ServerStepError,
     Simulation,
@@ -301,3 +304,22 @@ def test_a_sparse_or_meta_update_is_refused_naming_the_client(make):
             strategy.aggregate_fit(model, results)
         for name, tensor in before.items():
             assert torch.equal(model.state_dict()[name], tensor)
+
+
+@pytest.mark.parametrize(
+    ("build", "words"),
+    [
+        (lambda: DPFedAvg(clip_norm=0, noise_multiplier=1.0, sample_rate=0.5), "clip_norm must"),
+        (lambda: FedAdagrad(tau=float("nan")), "tau must"),
+        (lambda: FedAdam(tau=-1.0), "tau must"),
+        (lambda: FedYogi(tau=-1.0), "tau must"),
+    ],
+)
+def test_errors_name_the_argument_the_user_passed(build, words):
+    with pytest.raises(ValueError, match=words):
+        build()
+
+
+def test_fedavg_with_no_results_says_so():
+    with pytest.raises(ValueError, match="FedAvg needs at least one client result, got none"):
+        FedAvg().aggregate_fit(_model(), [])

@@ -101,6 +101,7 @@ class DPFedAvg(ClipUpdates):
         delta: float = 1e-5,
         seed: int = 0,
     ) -> None:
+        clip_norm = check_number("clip_norm", clip_norm, 0.0, open_low=True)
         super().__init__(FedAvg() if strategy is None else strategy, clip_norm)
         if any(isinstance(inner, Scaffold) for inner in nested_strategies(self.strategy)):
             raise ValueError(

@@ -116,6 +116,8 @@ class Strategy:
         :class:`~torchopt_edu.federated.aggregate.InvalidUpdateError` naming the client, and
         the global model is left untouched.
         """
+        if not results:
+            raise ValueError(f"{type(self).__name__} needs at least one client result, got none")
         reference = model.state_dict()
         sums, total = weighted_sum(
             [r.state for r in results],
@@ -289,6 +291,7 @@ class FedAdagrad(FedOpt):
     """
 
     def __init__(self, lr: float = 0.1, tau: float = 1e-3) -> None:
+        tau = check_number("tau", tau, 0.0)  # named as the user wrote it, not Adagrad's eps
         super().__init__(
             functools.partial(Adagrad, lr=lr, eps=tau, initial_accumulator_value=tau**2)
         )
@@ -304,6 +307,7 @@ class FedAdam(FedOpt):
     def __init__(
         self, lr: float = 0.03, betas: tuple[float, float] = (0.9, 0.99), tau: float = 1e-3
     ) -> None:
+        tau = check_number("tau", tau, 0.0)
         super().__init__(functools.partial(Adam, lr=lr, betas=betas, eps=tau))
 
 
@@ -316,6 +320,7 @@ class FedYogi(FedOpt):
     def __init__(
         self, lr: float = 0.03, betas: tuple[float, float] = (0.9, 0.99), tau: float = 1e-3
     ) -> None:
+        tau = check_number("tau", tau, 0.0)
         super().__init__(
             functools.partial(Yogi, lr=lr, betas=betas, eps=tau, initial_accumulator_value=tau**2)
         )
