@@ -114,7 +114,7 @@ def test_resume_from_state_dict_continues_noise_and_budget_exactly(digits):
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="max_norm"):
+    with pytest.raises(ValueError, match="clip_norm must lie in"):
         DPFedAvg(clip_norm=0.0, noise_multiplier=1.0, sample_rate=0.1)
     with pytest.raises(ValueError, match="noise_multiplier"):
         DPFedAvg(clip_norm=1.0, noise_multiplier=-1.0, sample_rate=0.1)
