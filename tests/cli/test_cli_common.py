@@ -199,3 +199,61 @@ def test_library_modules_do_not_import_the_command_line():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("command", "own_file", "what"),
+    [
+        ("tune", "study.db", "the study's database"),
+        ("tune", "history.png", "the plot history.png"),
+        ("federated", "checkpoint.pt", "the checkpoint"),
+        ("federated", "history.csv", "the output history.csv"),
+        ("demo", "loss_curves.png", "the plot"),
+        ("pbt", "population.pt", "the population checkpoint"),
+        ("learn-optimizer", "weights.pt", "the output weights.pt"),
+    ],
+)
+def test_json_onto_one_of_the_commands_own_files_is_refused(
+    command, own_file, what, tmp_path, capsys
+):
+    """--json out/study.db turned a study into JSON; --json out/checkpoint.pt broke --resume."""
+    out = tmp_path / "run"
+    out.mkdir()
+    kept = out / own_file
+    kept.write_bytes(b"precious")
+    code, stdout, err = _run([command, "--out", str(out), "--json", str(kept)], capsys)
+    assert code == 2 and stdout == ""
+    assert f"argument --json: {kept} is {what}; write the JSON elsewhere" in err
+    assert kept.read_bytes() == b"precious"
+
+
+def test_tune_json_onto_an_explicit_sqlite_storage_is_refused(tmp_path, capsys):
+    study = tmp_path / "shared.db"
+    for storage in (str(study), f"sqlite:///{study}"):
+        code, _, err = _run(["tune", "--storage", storage, "--json", str(study)], capsys)
+        assert code == 2 and "is the study's database" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tune", "--compare-samplers", "tpe", "--seeds", "2", "--seed", str(2**32 - 1)],
+        ["pbt", "--compare-seeds", "2", "--seed", str(2**32 - 1)],
+        ["learn-optimizer", "--evaluate", "--seeds", "2", "--seed", str(2**32 - 1)],
+        ["lr-robustness", "--seeds", "2", "--seed", str(2**32 - 1)],
+    ],
+)
+def test_seeds_past_the_largest_seed_are_a_usage_error(argv, tmp_path, capsys):
+    code, out, err = _run(
+        [*argv, "--out", str(tmp_path)] if argv[0] != "lr-robustness" else argv, capsys
+    )
+    assert code == 2 and out == ""
+    assert "seeds passes 2**32-1" in err and err.count("\n") == 1
+
+
+def test_an_unknown_sampler_to_compare_is_a_usage_error(tmp_path, capsys):
+    code, out, err = _run(
+        ["tune", "--compare-samplers", "tpe", "foo", "--out", str(tmp_path)], capsys
+    )
+    assert code == 2 and out == ""
+    assert "argument --compare-samplers: unknown ['foo']" in err and err.count("\n") == 1

@@ -178,6 +178,27 @@ def check_outputs(
             parser.error(f"argument {flag}: {problem}")
 
 
+def check_seed_range(parser: argparse.ArgumentParser, seed: int, count: int, flag: str) -> None:
+    """Exit 2 naming ``flag`` if seeds ``seed, seed + 1, ..., seed + count - 1`` pass 2**32-1."""
+    from torchopt_edu.optim._checks import MAX_SEED
+
+    if seed + count - 1 > MAX_SEED:
+        parser.error(f"argument {flag}: --seed {seed} + {count} seeds passes 2**32-1")
+
+
+def check_json_apart(
+    parser: argparse.ArgumentParser, json_path: Path | None, owned: Iterable[tuple[str, Path]]
+) -> None:
+    """Exit 2 if ``--json`` names a file the command writes itself (``owned``: what it is and
+    where): the JSON would overwrite a study, a checkpoint or a plot, or be overwritten."""
+    if json_path is None:
+        return
+    target = json_path.resolve()
+    for what, path in owned:
+        if path.resolve() == target:
+            parser.error(f"argument --json: {json_path} is {what}; write the JSON elsewhere")
+
+
 def missing(module: str) -> bool:
     """Whether the top-level package ``module`` cannot be imported."""
     try:

@@ -264,6 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         _common.require_matplotlib(parser)
     _common.check_outputs(parser, folders=[("--out", args.out)], files=[("--json", args.json)])
+    _common.check_json_apart(
+        parser,
+        args.json,
+        [
+            (f"the output {name}", args.out / name)
+            for name in ("trials.json", "results.md", "profiles.png")
+        ],
+    )
 
     import torch
 

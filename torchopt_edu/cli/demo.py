@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         folders=[("--out", None if args.no_plot else args.out)],
         files=[("--json", args.json)],
     )
+    _common.check_json_apart(parser, args.json, [("the plot", Path(args.out) / "loss_curves.png")])
 
     train_split, test_split = (
         split.to(args.device) for split in demo.load_dataset(args.dataset, args.seed)

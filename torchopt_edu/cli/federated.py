@@ -84,6 +84,8 @@ STRATEGY_OPTIONS = {
 }
 ALL_STRATEGIES = [*STRATEGIES, "fedopt", "fedmedian", "fedtrimmedavg", "krum", "scaffold"]
 CHECKPOINT = "checkpoint.pt"
+#: The other files the command writes under --out.
+OUTPUTS = ("history.csv", "history.json", "config.json", "accuracy.png")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -443,6 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         _common.require_matplotlib(parser)
     _common.check_outputs(parser, folders=[("--out", args.out)], files=[("--json", args.json)])
     checkpoint = args.out / CHECKPOINT
+    owned = [
+        ("the checkpoint", checkpoint),
+        ("the previous checkpoint", checkpoint.with_name(CHECKPOINT + ".prev")),
+        ("the checkpoint being written", checkpoint.with_name(CHECKPOINT + ".tmp")),
+    ]
+    owned += [(f"the output {name}", args.out / name) for name in OUTPUTS]
+    _common.check_json_apart(parser, args.json, owned)
     if args.resume and not checkpoint.exists():
         parser.error(f"argument --resume: no checkpoint at {checkpoint}")
     if args.launcher == "torchrun":

@@ -141,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         _common.require_matplotlib(parser)
     _common.check_outputs(parser, folders=[("--out", args.out)], files=[("--json", args.json)])
+    owned = ("checkpoint.pt", "weights.pt", "history.json", "meta_loss.png", "evaluation.json")
+    _common.check_json_apart(
+        parser,
+        args.json,
+        [(f"the output {name}", args.out / name) for name in (*owned, "held_out.png")],
+    )
     if args.evaluate:
+        _common.check_seed_range(parser, args.seed, args.seeds, "--seeds")
         return _evaluate(parser, args)
     checkpoint = args.out / "checkpoint.pt"
     if args.resume and not checkpoint.is_file():

@@ -13,7 +13,6 @@ import statistics
 
 from torchopt_edu import robustness
 from torchopt_edu.cli import _argtypes, _common
-from torchopt_edu.optim._checks import MAX_SEED
 from torchopt_edu.robustness import FROM_INITIAL_STEP, RobustnessResult
 
 
@@ -88,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _common.require(parser, "sklearn", "the digits data set", "pip install 'torchopt-edu[data]'")
     _common.check_outputs(parser, files=[("--json", args.json)])
-    if args.seed + args.seeds - 1 > MAX_SEED:
-        parser.error(f"argument --seeds: --seed {args.seed} + {args.seeds} seeds passes 2**32-1")
+    _common.check_seed_range(parser, args.seed, args.seeds, "--seeds")
     seeds = range(args.seed, args.seed + args.seeds)
     results = robustness.lr_robustness(
         args.initial_steps, args.optimizers, seeds, args.epochs, args.batch_size

@@ -110,7 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         _common.require_matplotlib(parser)
     _common.check_outputs(parser, folders=[("--out", args.out)], files=[("--json", args.json)])
+    out = Path(args.out)
+    _common.check_json_apart(
+        parser,
+        args.json,
+        [
+            ("the population checkpoint", out / "population.pt"),
+            ("the schedules", out / "schedules.json"),
+            ("the plot", out / "schedules.png"),
+        ],
+    )
     if args.compare_seeds is not None:
+        _common.check_seed_range(parser, args.seed, args.compare_seeds, "--compare-seeds")
         return _compare(args)
 
     from torchopt_edu.tuning.pbt import population_based_training

@@ -201,6 +201,51 @@ def _describe(config: OptimizerConfig) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+#: The plots tune saves under --out.
+PLOTS = ("history.png", "importance.png", "samplers.png")
+
+
+def _check_outputs(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, comparing: bool
+) -> None:
+    """Exit 2 unless ``--out`` (where it is used) and ``--json`` can be written, and the JSON
+    is none of the files tune writes itself."""
+    uses_out = (args.storage is None and not comparing) or not args.no_plot
+    _common.check_outputs(
+        parser, folders=[("--out", args.out if uses_out else None)], files=[("--json", args.json)]
+    )
+    _common.check_json_apart(parser, args.json, _owned_files(args))
+
+
+def _check_comparison(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 for an unknown sampler of ``--compare-samplers`` or seeds past 2**32-1."""
+    from torchopt_edu.tuning import SAMPLERS
+
+    if args.compare_samplers is None:
+        return
+
+    unknown = [name for name in args.compare_samplers if name not in SAMPLERS]
+    if unknown:
+        parser.error(
+            f"argument --compare-samplers: unknown {unknown}; choose from {list(SAMPLERS)}"
+        )
+    _common.check_seed_range(parser, args.seed, args.seeds, "--seeds")
+
+
+def _owned_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """What tune writes itself: its plots and, for SQLite, the study's file
+    (``<out>/study.db`` by default)."""
+    owned = [(f"the plot {name}", args.out / name) for name in PLOTS]
+    storage = args.storage
+    if storage is None:
+        owned.append(("the study's database", args.out / "study.db"))
+    elif storage.startswith("sqlite:///"):
+        owned.append(("the study's database", Path(storage.removeprefix("sqlite:///"))))
+    elif "://" not in storage:
+        owned.append(("the study's database", Path(storage)))
+    return owned
+
+
 def _summary(result: TuneResult, storage: str) -> str:
     states = Counter(trial.state.name.lower() for trial in result.study.trials)
     counts = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
@@ -254,10 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         _common.require_matplotlib(parser)
     comparing = args.compare_samplers is not None
-    uses_out = (args.storage is None and not comparing) or not args.no_plot
-    _common.check_outputs(
-        parser, folders=[("--out", args.out if uses_out else None)], files=[("--json", args.json)]
-    )
+    _check_outputs(parser, args, comparing)
+    _check_comparison(parser, args)
 
     import optuna
 
