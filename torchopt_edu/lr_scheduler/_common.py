@@ -8,8 +8,8 @@ and returned as plain Python numbers, so that NumPy scalars never reach ``group[
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from torch import Tensor
 from torch.optim import Optimizer
@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 from torchopt_edu.optim._checks import check_int, check_number
 
 __all__ = [
+    "CheckedState",
     "MomentumKey",
     "check_int",
     "check_momentum_range",
@@ -30,6 +31,38 @@ __all__ = [
 ]
 
 MomentumKey = Literal["momentum", "betas"]
+
+
+class CheckedState:
+    """Mixin for a schedule: ``load_state_dict`` refuses, before anything changes, a state of
+    another schedule (other keys) or of an optimizer with another number of param groups."""
+
+    optimizer: Optimizer
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as torch does, after checking that ``state_dict`` is one of this schedule."""
+        name = type(self).__name__
+        own = self.state_dict()  # type: ignore[attr-defined]  # LRScheduler's
+        if not isinstance(state_dict, Mapping) or set(state_dict) != set(own):
+            keys = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict)
+            raise ValueError(
+                f"{name}.load_state_dict: the state has keys {keys}, a {name} keeps "
+                f"{sorted(own)} (a state of another schedule?)"
+            )
+        groups = len(self.optimizer.param_groups)
+        for key, value in own.items():
+            saved = state_dict[key]
+            if (
+                isinstance(value, list)
+                and len(value) == groups
+                and not (isinstance(saved, list) and len(saved) == groups)
+            ):
+                count = len(saved) if isinstance(saved, list) else type(saved).__name__
+                raise ValueError(
+                    f"{name}.load_state_dict: {key!r} has {count} entries, the optimizer has "
+                    f"{groups} param groups (a state of another optimizer?)"
+                )
+        super().load_state_dict(state_dict)  # type: ignore[misc]
 
 
 def check_optimizer(optimizer: object) -> None:

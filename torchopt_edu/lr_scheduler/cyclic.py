@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from torchopt_edu.lr_scheduler._common import (
+    CheckedState,
     check_int,
     check_momentum_range,
     check_number,
@@ -28,7 +29,7 @@ from torchopt_edu.lr_scheduler._common import (
 __all__ = ["CyclicLR", "OneCycleLR", "WarmupCosine"]
 
 
-class _FormulaSchedule(LRScheduler):
+class _FormulaSchedule(CheckedState, LRScheduler):
     """A schedule that sets the learning rate to a formula of the step (not chainable)."""
 
     def get_lr(self) -> list[float | Tensor]:

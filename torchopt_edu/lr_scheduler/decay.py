@@ -8,12 +8,17 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from torchopt_edu.lr_scheduler._common import check_int, check_number, check_optimizer
+from torchopt_edu.lr_scheduler._common import (
+    CheckedState,
+    check_int,
+    check_number,
+    check_optimizer,
+)
 
 __all__ = ["ExponentialDecay", "StepDecay"]
 
 
-class StepDecay(LRScheduler):
+class StepDecay(CheckedState, LRScheduler):
     r"""Step decay: multiply the learning rate by ``gamma`` every ``step_size`` epochs.
 
     .. math::
@@ -62,7 +67,7 @@ class StepDecay(LRScheduler):
         ]
 
 
-class ExponentialDecay(LRScheduler):
+class ExponentialDecay(CheckedState, LRScheduler):
     r"""Exponential decay: multiply the learning rate by ``gamma`` every epoch.
 
     .. math::

@@ -11,6 +11,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from torchopt_edu.lr_scheduler._common import (
+    CheckedState,
     check_int,
     check_number,
     check_optimizer,
@@ -22,7 +23,7 @@ from torchopt_edu.lr_scheduler._common import (
 __all__ = ["ReduceLROnPlateau"]
 
 
-class ReduceLROnPlateau(LRScheduler):
+class ReduceLROnPlateau(CheckedState, LRScheduler):
     r"""Reduce the learning rate when a monitored metric stops improving.
 
     Call ``step(metric)`` once per epoch with a validation metric. A metric *improves* on the best
