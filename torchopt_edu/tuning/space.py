@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from torchopt_edu.optim import OPTIMIZERS
-from torchopt_edu.optim._checks import is_integer, is_real
+from torchopt_edu.optim._checks import check_flag, is_integer, is_real
 from torchopt_edu.tuning.config import (
     CONSTANT_SCHEDULE,
     LR_FACTOR,
@@ -51,6 +51,8 @@ def _check_range(distribution: Distribution, *, integer: bool = False) -> None:
     low, high = distribution.low, distribution.high
     if low >= high:
         raise ValueError(f"{kind} needs low < high, got low={low!r}, high={high!r}")
+    if not math.isfinite(float(high) - float(low)):  # Optuna draws low + u (high - low)
+        raise ValueError(f"{kind} needs a finite width high - low, got low={low!r}, high={high!r}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class IntUniform:
 
     def __post_init__(self) -> None:
         _check_range(self, integer=True)
+        object.__setattr__(self, "log", check_flag("log", self.log))
         if self.log and self.low < 1:
             raise ValueError(f"IntUniform(log=True) needs 1 <= low, got low={self.low!r}")
 
@@ -114,6 +117,11 @@ class Categorical:
     choices: tuple[Any, ...]
 
     def __post_init__(self) -> None:
+        if isinstance(self.choices, str):  # tuple("abc") would be three choices
+            raise ValueError(
+                f"Categorical needs a sequence of choices, got the string {self.choices!r}; "
+                f"for one choice write Categorical(({self.choices!r},))"
+            )
         object.__setattr__(self, "choices", tuple(self.choices))
         if not self.choices:
             raise ValueError("Categorical needs at least one choice, got choices=()")
@@ -280,7 +288,18 @@ def _as_mapping(
     if isinstance(choices, str):
         choices = (choices,)
     if isinstance(choices, Mapping):
+        for name, space in choices.items():
+            if space is not None and not isinstance(space, Mapping):
+                raise TypeError(
+                    f"{what}[{name!r}] must be a dict of hyper-parameter specs or None (the "
+                    f"default space), got {type(space).__name__} {space!r}"
+                )
         return dict(choices)
+    if not isinstance(choices, Iterable):
+        raise TypeError(
+            f"{what} must be a name, a list of names or a dict name -> space, got "
+            f"{type(choices).__name__} {choices!r}"
+        )
     names = list(choices)
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -322,9 +341,17 @@ class SearchSpace:
         if optimizers is None:
             optimizers = tuple(OPTIMIZERS)
         self.optimizers: dict[str, dict[str, Spec]] = {}
+        named: dict[type, str] = {}  # one spelling per optimizer class
         for name, space in _as_mapping(optimizers, "optimizers").items():
+            cls = optimizer_class(name)
+            if cls in named:
+                raise ValueError(
+                    f"optimizers {named[cls]!r} and {name!r} are the same optimizer "
+                    f"({cls.__module__}.{cls.__name__}); list it once"
+                )
+            named[cls] = name
             space = default_optimizer_space(name) if space is None else dict(space)
-            check_arguments(optimizer_class(name), space, owner=f"optimizer {name!r}")
+            check_arguments(cls, space, owner=f"optimizer {name!r}")
             for argument, spec in space.items():
                 _check_spec(f"optimizer {name!r}", argument, spec)
             self.optimizers[name] = space

@@ -1,0 +1,47 @@
+"""Search spaces a careless user writes: refused when the space is built, naming the mistake
+(they were accepted, then every trial failed, or two entries tuned one optimizer)."""
+
+from __future__ import annotations
+
+import pytest
+
+from torchopt_edu.tuning import SearchSpace
+from torchopt_edu.tuning.space import Categorical, IntUniform, Uniform
+
+
+@pytest.mark.parametrize(
+    "names", [["ADAM", "adam"], ["torch.optim.Adam", "torch.optim.adam"], ["Adam", "adam"]]
+)
+def test_one_optimizer_under_two_spellings_is_refused(names):
+    with pytest.raises(ValueError, match="are the same optimizer .* list it once"):
+        SearchSpace(names)
+
+
+def test_ours_and_torchs_adam_are_two_optimizers():
+    assert list(SearchSpace(["adam", "torch.optim.Adam"]).optimizers) == [
+        "adam",
+        "torch.optim.Adam",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("optimizers", "words"),
+    [
+        ({"adam": ["lr"]}, r"optimizers\['adam'\] must be a dict .* got list"),
+        ({"adam": 5}, r"optimizers\['adam'\] must be a dict .* got int 5"),
+        (123, "optimizers must be a name, a list of names or a dict"),
+    ],
+)
+def test_a_space_of_the_wrong_shape_is_named(optimizers, words):
+    with pytest.raises(TypeError, match=words):
+        SearchSpace(optimizers)
+
+
+def test_distributions_refuse_what_optuna_would_fail_on_in_every_trial():
+    with pytest.raises(ValueError, match="finite width high - low"):
+        Uniform(-1e308, 1e308)
+    with pytest.raises(TypeError, match="log must be True or False, got 'yes'"):
+        IntUniform(1, 3, log="yes")
+    with pytest.raises(ValueError, match="the string 'abc'"):
+        Categorical("abc")
+    assert Categorical(("abc",)).choices == ("abc",)
