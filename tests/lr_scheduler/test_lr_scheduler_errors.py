@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+import torch
 from test_lr_scheduler_cases import hyper_parameters, make_optimizer
 
 from torchopt_edu.lr_scheduler import (
@@ -279,3 +282,12 @@ def test_plateau_with_one_min_lr_floors_groups_added_later_too():
     scheduler.step(1.0)
     scheduler.step(2.0)
     assert scheduler.get_last_lr() == [0.1, 0.02, 0.3]
+
+
+@pytest.mark.parametrize("metric", [None, "abc", torch.ones(2)])
+def test_plateau_step_names_a_metric_that_is_not_a_number(metric):
+    schedule = ReduceLROnPlateau(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1))
+    before = copy.deepcopy(schedule.state_dict())
+    with pytest.raises(TypeError, match=r"step\(metrics\) needs the epoch's metric as a number"):
+        schedule.step(metric)
+    assert schedule.state_dict() == before

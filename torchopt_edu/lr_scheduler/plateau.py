@@ -126,7 +126,13 @@ class ReduceLROnPlateau(CheckedState, LRScheduler):
 
     def step(self, metrics: SupportsFloat) -> None:  # type: ignore[override]
         """Record one epoch's metric (a float or a one-element tensor) and reduce if it is time."""
-        metric = float(metrics)
+        try:
+            metric = float(metrics)
+        except (TypeError, ValueError, RuntimeError):  # None, 'abc', a tensor of many values
+            raise TypeError(
+                "ReduceLROnPlateau.step(metrics) needs the epoch's metric as a number or a "
+                f"one-element tensor, got {type(metrics).__name__} {metrics!r}"
+            ) from None
         self._match_min_lrs_to_groups()
         self.last_epoch += 1
         if self.is_improvement(metric):
