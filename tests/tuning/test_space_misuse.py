@@ -1,4 +1,4 @@
-"""Search spaces a careless user writes: refused when the space is built, naming the mistake
+"""Search spaces and study storages a careless user gives: refused up front, naming the mistake
 (they were accepted, then every trial failed, or two entries tuned one optimizer)."""
 
 from __future__ import annotations
@@ -45,3 +45,12 @@ def test_distributions_refuse_what_optuna_would_fail_on_in_every_trial():
     with pytest.raises(ValueError, match="the string 'abc'"):
         Categorical("abc")
     assert Categorical(("abc",)).choices == ("abc",)
+
+
+def test_a_folder_as_the_study_database_is_named_as_such(tmp_path):
+    from torchopt_edu.tuning import StorageError, open_storage
+
+    for storage in (str(tmp_path), f"sqlite:///{tmp_path}"):
+        with pytest.raises(StorageError, match=f"study database {tmp_path} is a folder"):
+            open_storage(storage)
+    assert list(tmp_path.iterdir()) == []

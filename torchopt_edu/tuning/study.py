@@ -76,7 +76,8 @@ def open_storage(
 
     Raises:
         StorageError: (a ``RuntimeError``) the database cannot be opened or read (a damaged
-            SQLite file, an unreachable server); the message names the file or the URL.
+            SQLite file, a folder, an unreachable server); the message names the file or the
+            URL.
     """
     if isinstance(storage, optuna.storages.BaseStorage):
         return storage
@@ -90,6 +91,11 @@ def open_storage(
         path.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{path}"
     database = sqlalchemy.engine.make_url(url).database
+    if url.startswith("sqlite") and database and Path(database).is_dir():
+        raise StorageError(
+            f"study database {database} is a folder; give the study a file, e.g. "
+            f"{Path(database) / 'study.db'}"
+        )
     engine_kwargs = None
     if url.startswith("sqlite") and database not in (None, "", ":memory:"):
         engine_kwargs = {"creator": functools.partial(_connect_sqlite, database)}
