@@ -106,3 +106,13 @@ def assert_close_lists(
     rtol, atol = (1e-10, 1e-12) if dtype == torch.float64 else (1e-5, 1e-6)
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a.detach(), e.detach(), rtol=rtol, atol=atol)
+
+
+def stepped(cls: type[Optimizer], params: list[torch.Tensor], steps: int = 3, **kwargs: Any):
+    """``cls(params, **kwargs)`` after ``steps`` steps on the gradients ``0.1 (t + 1) + p``."""
+    optimizer = cls(params, **kwargs)
+    for step in range(steps):
+        for p in params:
+            p.grad = torch.full_like(p, 0.1 * (step + 1)) + p.detach()
+        optimizer.step()
+    return optimizer

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from optim_cases import assert_close_lists
+from optim_cases import assert_close_lists, stepped
 
 import torchopt_edu.optim as ours
 from torchopt_edu.lr_scheduler import CyclicLR
@@ -30,15 +30,6 @@ TWIN_IDS = [cls.__name__ for cls, _, _ in DENSE_TWINS]
 
 def _leaf(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().clone().requires_grad_()
-
-
-def _stepped(cls, params, steps=3, **kwargs):
-    optimizer = cls(params, **kwargs)
-    for step in range(steps):
-        for p in params:
-            p.grad = torch.full_like(p, 0.1 * (step + 1)) + p.detach()
-        optimizer.step()
-    return optimizer
 
 
 def _snapshot(optimizer: torch.optim.Optimizer) -> dict:
@@ -64,7 +55,7 @@ def _assert_same_snapshot(a: dict, b: dict) -> None:
 
 def _checkpoint_of_other_model(cls, shape, flat=False):
     other = [torch.randn(shape, dtype=torch.float64, requires_grad=True)]
-    return _stepped(cls, other, flat=flat).state_dict()
+    return stepped(cls, other, flat=flat).state_dict()
 
 
 @pytest.mark.parametrize("flat", [False, True], ids=["default", "flat"])
@@ -78,12 +69,12 @@ def test_a_checkpoint_with_wrong_state_shapes_is_refused_and_nothing_changes(cls
     kwargs = dict(momentum=0.9) if cls is ours.SGD else {}
     params = [torch.randn(8, 4, dtype=torch.float64, requires_grad=True)]
     reference = [_leaf(p) for p in params]
-    optimizer = _stepped(cls, params, flat=flat, **kwargs)
-    untouched = _stepped(cls, reference, flat=flat, **kwargs)
+    optimizer = stepped(cls, params, flat=flat, **kwargs)
+    untouched = stepped(cls, reference, flat=flat, **kwargs)
     before = _snapshot(optimizer)
     bad = _checkpoint_of_other_model(cls, bad_shape)
     if cls is ours.SGD:
-        bad = _stepped(
+        bad = stepped(
             cls, [torch.randn(bad_shape, dtype=torch.float64, requires_grad=True)], momentum=0.9
         ).state_dict()
     with pytest.raises(
@@ -102,7 +93,7 @@ def test_a_checkpoint_with_wrong_state_shapes_is_refused_and_nothing_changes(cls
 
 def test_a_checkpoint_missing_a_state_key_or_with_wrong_types_is_refused():
     params = [torch.randn(3, 2, requires_grad=True)]
-    optimizer = _stepped(ours.Adam, params)
+    optimizer = stepped(ours.Adam, params)
     good = optimizer.state_dict()
     before = _snapshot(optimizer)
 
@@ -138,7 +129,7 @@ def test_a_checkpoint_missing_a_state_key_or_with_wrong_types_is_refused():
 def test_a_state_saved_with_other_strides_loads_into_the_parameters_layout():
     # saved from a contiguous (4, 3) weight, loaded for a transposed one: same numbers as torch
     contiguous = [torch.randn(4, 3, dtype=torch.float64, requires_grad=True)]
-    saved = _stepped(torch.optim.Adam, contiguous, lr=0.01).state_dict()
+    saved = stepped(torch.optim.Adam, contiguous, lr=0.01).state_dict()
     transposed = _leaf(torch.randn(3, 4, dtype=torch.float64).t())
     assert transposed.stride() == (1, 4)
     twin = _leaf(transposed.detach())
@@ -317,7 +308,7 @@ def test_flat_mode_refuses_a_duplicate_parameter_with_a_clear_message():
 
 
 def test_adamw_loading_an_adam_state_dict_keeps_decoupled_decay_like_torch():
-    adam_state = _stepped(
+    adam_state = stepped(
         torch.optim.Adam, [_leaf(torch.randn(4, dtype=torch.float64))], lr=0.01, weight_decay=0.1
     ).state_dict()
     mine, theirs = _leaf(torch.randn(4, dtype=torch.float64)), None
@@ -398,7 +389,7 @@ def test_two_threads_stepping_at_once_get_torchs_numbers_and_keep_the_thread_cou
 
 def test_checkpoints_round_trip_through_weights_only_loads():
     params = [_leaf(torch.randn(3, 2))]
-    optimizer = _stepped(ours.Adam, params, amsgrad=1)
+    optimizer = stepped(ours.Adam, params, amsgrad=1)
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
     buffer.seek(0)
@@ -452,7 +443,7 @@ def test_the_thread_count_survives_two_threads_when_the_setting_is_process_wide(
 )
 def test_a_checkpoint_with_an_option_of_the_wrong_kind_is_refused(option, value):
     params = [_leaf(torch.randn(3))]
-    optimizer = _stepped(ours.Adam, params)
+    optimizer = stepped(ours.Adam, params)
     saved = copy.deepcopy(optimizer.state_dict())
     saved["param_groups"][0][option] = value
     lr_before = optimizer.param_groups[0]["lr"]
@@ -463,7 +454,7 @@ def test_a_checkpoint_with_an_option_of_the_wrong_kind_is_refused(option, value)
 
 def test_a_checkpoint_saved_with_the_default_path_loads_into_a_fused_optimizer():
     params = [_leaf(torch.randn(3))]
-    saved = _stepped(ours.Adam, params).state_dict()
+    saved = stepped(ours.Adam, params).state_dict()
     assert saved["param_groups"][0]["fused"] is None
     fused = ours.Adam([_leaf(params[0].detach())], fused=True)
     fused.load_state_dict(saved)

@@ -8,17 +8,9 @@ import pickle
 
 import pytest
 import torch
+from optim_cases import stepped
 
 from torchopt_edu import optim as ours
-
-
-def _stepped(optimizer_cls, params, steps=2, **kwargs):
-    optimizer = optimizer_cls(params, **kwargs)
-    for step in range(steps):
-        for p in params:
-            p.grad = torch.full_like(p, 0.1 * (step + 1)) + p.detach()
-        optimizer.step()
-    return optimizer
 
 
 def _snapshot(optimizer):
@@ -41,7 +33,7 @@ def _assert_same(before, after):
 @pytest.mark.parametrize("flat", [False, True])
 def test_a_state_entry_of_none_is_refused_and_nothing_changes(flat):
     params = [torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)]
-    optimizer = _stepped(ours.Lion, params, flat=flat)
+    optimizer = stepped(ours.Lion, params, flat=flat, steps=2)
     before = _snapshot(optimizer)
     bad = copy.deepcopy(before)
     bad["state"][0] = None
@@ -58,7 +50,7 @@ def test_state_of_another_optimizer_or_an_extra_key_is_refused_and_nothing_chang
     cls, kwargs, flat
 ):
     params = [torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
-    optimizer = _stepped(cls, params, flat=flat, **kwargs)
+    optimizer = stepped(cls, params, flat=flat, **kwargs, steps=2)
     before = _snapshot(optimizer)
     bad = copy.deepcopy(before)
     first = next(iter(bad["state"].values()))
@@ -73,8 +65,8 @@ def test_state_of_another_optimizer_or_an_extra_key_is_refused_and_nothing_chang
 
 def test_lion_refuses_a_prodigy_checkpoint_whose_exp_avg_means_something_else():
     p, q = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
-    prodigy = _stepped(ours.Prodigy, [p])
-    lion = _stepped(ours.Lion, [q])
+    prodigy = stepped(ours.Prodigy, [p], steps=2)
+    lion = stepped(ours.Lion, [q], steps=2)
     with pytest.raises(ValueError, match="does not keep"):
         lion.load_state_dict(prodigy.state_dict())
 
@@ -92,7 +84,7 @@ def test_a_step_count_saved_as_a_number_loads_and_resumes_like_a_tensor_one(cls,
     if cls is _muon_companion and flat:
         pytest.skip("Muon has no flat buffers")
     kwargs = {} if cls is _muon_companion else dict(flat=flat)
-    optimizer = _stepped(cls, params, **kwargs)
+    optimizer = stepped(cls, params, **kwargs, steps=2)
     saved = optimizer.state_dict()
     as_numbers = copy.deepcopy(saved)
     for state in as_numbers["state"].values():
@@ -112,7 +104,7 @@ def test_a_step_count_saved_as_a_number_loads_and_resumes_like_a_tensor_one(cls,
 
 def test_prodigy_takes_a_tensor_step_count_as_its_int():
     p = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    optimizer = _stepped(ours.Prodigy, [p])
+    optimizer = stepped(ours.Prodigy, [p], steps=2)
     saved = copy.deepcopy(optimizer.state_dict())
     saved["state"][0]["step"] = torch.tensor(2.0)
     optimizer.load_state_dict(saved)
@@ -126,7 +118,7 @@ def test_prodigy_takes_a_tensor_step_count_as_its_int():
 def test_flat_prodigy_reloads_its_own_checkpoint_with_an_all_zero_matrix(zero_shape, into_flat):
     """An all-zero parameter's p0 is a 0-d zero; in flat buffers it fills a flat slice."""
     params = [torch.randn(4, 3, requires_grad=True), torch.zeros(*zero_shape, requires_grad=True)]
-    optimizer = _stepped(ours.Prodigy, params, flat=True)
+    optimizer = stepped(ours.Prodigy, params, flat=True, steps=2)
     saved = copy.deepcopy(optimizer.state_dict())
     twins = [p.detach().clone().requires_grad_() for p in params]
     other = ours.Prodigy(twins, flat=into_flat)
@@ -144,7 +136,7 @@ def test_flat_prodigy_reloads_its_own_checkpoint_with_an_all_zero_matrix(zero_sh
 @pytest.mark.parametrize("flat", [False, True])
 def test_a_copied_prodigy_loads_checkpoints_and_takes_param_groups(copier, flat):
     params = [torch.randn(3, requires_grad=True)]
-    optimizer = _stepped(ours.Prodigy, params, flat=flat)
+    optimizer = stepped(ours.Prodigy, params, flat=flat, steps=2)
     duplicate = copier(optimizer)
     duplicate.load_state_dict(optimizer.state_dict())
     duplicate.add_param_group({"params": [torch.randn(2, requires_grad=True)]})
@@ -162,7 +154,7 @@ def test_a_copied_prodigy_loads_checkpoints_and_takes_param_groups(copier, flat)
 )
 def test_prodigy_refuses_a_checkpoint_whose_groups_do_not_share_one_d(key, value):
     a, b = torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)
-    optimizer = _stepped(ours.Prodigy, [a, b])
+    optimizer = stepped(ours.Prodigy, [a, b], steps=2)
     optimizer = ours.Prodigy([{"params": [a]}, {"params": [b]}])
     for p in (a, b):
         p.grad = torch.ones_like(p)
