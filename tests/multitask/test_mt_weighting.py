@@ -176,7 +176,7 @@ def test_weightings_reject_bad_settings():
         FixedWeighting([1.0])
     with pytest.raises(ValueError, match=r"kinds must be .* got \['ranking'\]"):
         UncertaintyWeighting(["regression", "ranking"])
-    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+    with pytest.raises(ValueError, match="temperature must be finite and > 0, got 0"):
         DynamicWeightAverage(2, temperature=0)
     with pytest.raises(ValueError, match="non-empty list of tensors requiring grad"):
         GradNorm(2, [])

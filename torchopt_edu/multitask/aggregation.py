@@ -33,6 +33,10 @@ def _check_grads(grads: Tensor) -> None:
         )
     if not grads.is_floating_point():
         raise TypeError(f"grads must be floating point, got dtype {grads.dtype}")
+    finite = torch.isfinite(grads).all(dim=1)
+    if not bool(finite.all()):
+        rows = [int(i) for i in torch.nonzero(~finite).flatten()]
+        raise ValueError(f"grads of task(s) {rows} have NaN or infinite entries")
 
 
 def mean_gradient(grads: Tensor) -> Tensor:
@@ -48,9 +52,9 @@ def gradient_cosine(grads: Tensor) -> Tensor:
     case PCGrad, MGDA and CAGrad are built for. A zero gradient has cosine 0 with every other.
     """
     _check_grads(grads)
-    tiny = torch.finfo(grads.dtype).tiny
-    unit = grads / grads.norm(dim=1, keepdim=True).clamp_min(tiny)
-    return unit @ unit.T
+    wide = grads.double()  # float32 norms overflow past 1e19 and lose subnormal gradients
+    unit = wide / wide.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    return (unit @ unit.T).to(grads.dtype)
 
 
 def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -307,12 +311,27 @@ def cagrad(grads: Tensor, c: float = 0.5, *, rescale: bool = True) -> Tensor:
 
     Its solution is ``d = g_0 + c ||g_0|| / ||g_w|| * g_w`` with ``w`` from
     :func:`cagrad_weights`. ``c = 0`` gives the mean gradient; large ``c`` approaches MGDA.
+    With ``c >= 1`` the ball contains ``d = 0``: where the tasks are Pareto-stationary (0 in
+    their convex hull, MGDA's min-norm point 0), no direction improves every task and ``d = 0``
+    is the answer (the dual's ``g_w`` is 0 there and the formula above is undefined).
     ``rescale`` divides by ``1 + c^2`` as the authors' code does, so the step size stays
-    comparable to plain averaging across values of ``c``.
+    comparable to plain averaging across values of ``c``. Computed in float64.
     """
     weights = cagrad_weights(grads, c)
-    mean = grads.mean(0)
-    combined = weights.to(grads) @ grads
+    wide = grads.double()  # float32 norms overflow past 1e19
+    if c >= 1.0 and _pareto_stationary(grads):
+        return torch.zeros_like(grads[0])
+    mean = wide.mean(0)
+    combined = weights.to(wide) @ wide
     radius = c * mean.norm()
-    direction = mean + radius / combined.norm().clamp_min(torch.finfo(grads.dtype).tiny) * combined
-    return direction / (1.0 + c**2) if rescale else direction
+    direction = mean + radius / combined.norm().clamp_min(torch.finfo(wide.dtype).tiny) * combined
+    direction = direction / (1.0 + c**2) if rescale else direction
+    return direction.to(grads.dtype)
+
+
+def _pareto_stationary(grads: Tensor) -> bool:
+    """Whether 0 is in the convex hull of the task gradients (MGDA's min-norm point is 0, to
+    a relative 1e-8 of the largest gradient)."""
+    gram = _gram(grads)
+    weights = _wolfe_min_norm(gram, max_iter=1000, tol=1e-12)
+    return float(weights @ gram @ weights) <= 1e-16 * float(gram.diagonal().max())

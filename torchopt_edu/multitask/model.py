@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -56,10 +57,25 @@ class Task:
 
         A regression output and target of different shapes raise ``ValueError`` instead of
         broadcasting: ``mse_loss`` of ``[N, 1]`` against ``[N]`` would silently compare every
-        prediction with every target.
+        prediction with every target. Classification targets must be integer class indices
+        ``[N]`` in ``[0, C)``: cross-entropy would read float ``[N, C]`` targets as
+        probabilities and silently drop a row labelled -100.
         """
         if self.kind == "classification":
-            return F.cross_entropy(output, target)
+            if target.dtype not in (torch.int64, torch.int32) or target.shape != output.shape[:1]:
+                raise ValueError(
+                    f"task {self.name!r}: classification targets must be integer class indices "
+                    f"of shape {tuple(output.shape[:1])}, got {target.dtype} of shape "
+                    f"{tuple(target.shape)}"
+                )
+            classes = output.shape[-1]
+            outside = (target < 0) | (target >= classes)
+            if bool(outside.any()):
+                raise ValueError(
+                    f"task {self.name!r}: target {int(target[outside][0])} is not a class "
+                    f"index in [0, {classes})"
+                )
+            return F.cross_entropy(output, target.long())
         if output.shape != target.shape:
             raise ValueError(
                 f"task {self.name!r}: output shape {tuple(output.shape)} and target shape "

@@ -72,6 +72,8 @@ def train_multitask(
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if wrt not in ("parameters", "representation"):
+        raise ValueError(f"wrt must be 'parameters' or 'representation', got {wrt!r}")
     if isinstance(method, LossWeighting):
         weighted_optimizer = optimizer([*model.parameters(), *method.parameters()])
     else:

@@ -14,6 +14,7 @@ weights). Hand them to the optimizer next to the model's, in one group or in the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -63,6 +64,10 @@ class FixedWeighting(LossWeighting):
         super().__init__(len(values))
         if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
             raise ValueError(f"weights must be finite and >= 0, got {list(weights)}")
+        if not bool((values > 0).any()):
+            raise ValueError(
+                f"at least one weight must be > 0 (all 0 trains nothing), got {list(weights)}"
+            )
         self.register_buffer("task_weights", values)
 
     def combine(self, losses: Tensor) -> Tensor:
@@ -125,8 +130,8 @@ class DynamicWeightAverage(LossWeighting):
 
     def __init__(self, num_tasks: int, temperature: float = 2.0, period: int = 1) -> None:
         super().__init__(num_tasks)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
         if not isinstance(period, int) or period < 1:
             raise ValueError(f"period must be an int >= 1, got {period!r}")
         self.temperature = temperature
@@ -138,7 +143,15 @@ class DynamicWeightAverage(LossWeighting):
         self.periods_done = 0
 
     def combine(self, losses: Tensor) -> Tensor:
-        """``sum_i w_i L_i`` with the current period's weights; records the losses."""
+        """``sum_i w_i L_i`` with the current period's weights; records the losses, which must
+        be positive (``ValueError`` naming the task, nothing recorded): the next weights divide
+        by them."""
+        if not bool((losses.detach() > 0).all()):
+            task = int(torch.nonzero(~(losses.detach() > 0)).flatten()[0])
+            raise ValueError(
+                f"DynamicWeightAverage divides each task's loss by its previous one, so losses "
+                f"must be > 0: task {task} has loss {float(losses[task])}"
+            )
         total = (self.task_weights.to(losses) * losses).sum()
         self.period_sum += losses.detach().to(self.period_sum)
         self.calls += 1
@@ -197,8 +210,8 @@ class GradNorm(LossWeighting):
         usable = all(isinstance(p, Tensor) and p.requires_grad for p in self.shared)
         if not (self.shared and usable):
             raise ValueError("shared_parameters must be a non-empty list of tensors requiring grad")
-        if not alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if not 0 <= alpha < math.inf:
+            raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
         self.alpha = alpha
         self.task_weights = nn.Parameter(torch.ones(num_tasks))
         self.register_buffer("initial_losses", torch.zeros(num_tasks))
@@ -219,6 +232,12 @@ class GradNorm(LossWeighting):
         labels, values = check_task_losses(losses, self.num_tasks)
         gradient_norms = self._gradient_norms(labels, values)  # may raise: nothing changed yet
         losses = torch.stack(values)
+        if not self.started and not bool((losses.detach() > 0).all()):
+            task = labels[int(torch.nonzero(~(losses.detach() > 0)).flatten()[0])]
+            raise ValueError(
+                f"GradNorm divides each loss by its first value L_i(0), so the first losses "
+                f"must be > 0: task {task} has {float(losses[labels.index(task)])}"
+            )
         if not self.started:
             self.initial_losses = losses.detach().to(self.initial_losses).clone()
             self.started = True
