@@ -427,3 +427,24 @@ def test_labels_outside_every_mask_are_not_read() -> None:
     )
     history = _losses(data, epochs=20)
     assert history[-1] < history[0]
+
+
+@pytest.mark.parametrize("restore_best", [False, True])
+def test_schedule_free_is_measured_and_kept_at_its_averaged_point(restore_best):
+    """The metrics, the early-stopping decision and the kept state are the average x the
+    method produces (they were the gradient point y); the optimizer ends in eval mode."""
+    from torchopt_edu.optim import AdamWScheduleFree
+
+    data = sbm_graph(block_sizes=(30, 30), num_features=4, train_per_class=5, num_val=10, seed=0)
+    with seeded(0):
+        model = GCN(4, [16], 2)
+    optimizer = AdamWScheduleFree(model.parameters(), lr=0.05)
+    with seeded(0):
+        history = train_node_model(
+            model, data, optimizer, epochs=40, restore_best=restore_best, progress=False
+        )
+    assert not optimizer.param_groups[0]["train_mode"]
+    epoch = history.best_epoch if restore_best else len(history.loss) - 1
+    assert evaluate(model, data, "classification")["val_loss"] == pytest.approx(
+        history.metrics["val_loss"][epoch], rel=1e-6
+    )

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from torchopt_edu.gnn.data import MASKS, infer_task, labelled_nodes, seeded, validate_graph
 from torchopt_edu.lr_scheduler import ReduceLROnPlateau
 from torchopt_edu.optim._checks import is_integer
+from torchopt_edu.optim.schedulefree import evaluation_point, has_modes
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 # Schedulers whose step() takes the monitored metric instead of counting epochs.
@@ -158,7 +159,9 @@ def train_node_model(
     graph has no (or an empty) ``val_mask``. Training stops early when it has not improved for
     ``patience`` epochs, or when the loss stops being finite (a diverging learning rate);
     with ``restore_best`` the model ends in its best state either way. The optimizer's
-    state is not rolled back.
+    state is not rolled back. With a Schedule-Free optimizer every evaluation and the best
+    state are taken at its averaged point ``x`` (:func:`evaluation_point`), and it ends in eval
+    mode with the model at that point (call ``optimizer.train()`` to train on).
 
     Args:
         model: maps ``(x [N, F], edge_index [2, E][, edge_weight [E]])`` to ``[N, C]``, on
@@ -186,18 +189,20 @@ def train_node_model(
     for epoch in bar:
         history.lr.append(float(optimizer.param_groups[0]["lr"]))
         loss = train_step(model, data, optimizer, task)
-        metrics = evaluate(model, data, task)
+        with evaluation_point(optimizer):  # Schedule-Free: measure and keep the average x
+            metrics = evaluate(model, data, task)
+            value = metrics[monitor]
+            improved = value < best_value
+            if improved and restore_best and math.isfinite(value) and math.isfinite(loss):
+                best_state = _snapshot(model)
         history.loss.append(loss)
-        for name, value in metrics.items():
-            history.metrics.setdefault(name, []).append(value)
-        value = metrics[monitor]
+        for name, metric in metrics.items():
+            history.metrics.setdefault(name, []).append(metric)
         if not (math.isfinite(loss) and math.isfinite(value)):
             history.stop_reason = "non_finite"
             break
-        if value < best_value:
+        if improved:
             best_value, history.best_epoch = value, epoch
-            if restore_best:
-                best_state = _snapshot(model)
         elif patience is not None and epoch - history.best_epoch >= patience:
             history.stop_reason = "early_stopping"
             break
@@ -209,6 +214,8 @@ def train_node_model(
     else:
         history.stop_reason = "max_epochs"
     bar.close()
+    if has_modes(optimizer):
+        optimizer.eval()  # the model ends at the averaged point, as evaluated
     if restore_best:
         model.load_state_dict(best_state)
     history.final = evaluate(model, data, task)

@@ -209,6 +209,13 @@ class _ScheduleFree(EduOptimizer):
         return loss
 
 
+def has_modes(optimizer: Optimizer) -> bool:
+    """Whether ``optimizer`` has ``train()`` and ``eval()`` modes (Schedule-Free's)."""
+    return callable(getattr(optimizer, "eval", None)) and callable(
+        getattr(optimizer, "train", None)
+    )
+
+
 @contextmanager
 def evaluation_point(optimizer: Optimizer) -> Iterator[None]:
     """Within the block, the parameters hold the point to evaluate; afterwards, training resumes.
@@ -221,9 +228,7 @@ def evaluation_point(optimizer: Optimizer) -> Iterator[None]:
         with evaluation_point(optimizer):
             accuracy = evaluate(model)
     """
-    modes = callable(getattr(optimizer, "eval", None)) and callable(
-        getattr(optimizer, "train", None)
-    )
+    modes = has_modes(optimizer)
     if modes:
         optimizer.eval()
     try:
