@@ -374,3 +374,95 @@ def test_a_copied_optimizer_steps_its_own_parameters_like_the_original(copier):
     _train(twin["model"], twin["optimizer"], 3, data=_data(torch.float64))
     for mine, theirs in zip(model.parameters(), twin["model"].parameters(), strict=True):
         assert torch.equal(mine, theirs)
+
+
+def _stepped_learned():
+    model = _model(torch.float64)
+    optimizer = LearnedOptimizer(model.parameters(), graph=model)
+    _train(model, optimizer, 1, data=_data(torch.float64))
+    return model, optimizer
+
+
+def test_a_step_without_any_gradient_does_nothing():
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    LearnedOptimizer(model.parameters(), graph=model).step()  # max() of nothing raised
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_gradient_is_refused_before_it_spreads_through_the_graph(bad):
+    model, optimizer = _stepped_learned()
+    before = copy.deepcopy(optimizer.state_dict())
+    params = [p.detach().clone() for p in model.parameters()]
+    optimizer.zero_grad()
+    nn.functional.mse_loss(model(_data(torch.float64)[0]), _data(torch.float64)[1]).backward()
+    model[0].weight.grad[0, 0] = bad
+    with pytest.raises(ValueError, match=r"gradient of parameter 0 \(0.weight.*NaN or infinite"):
+        optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), params, strict=True))
+    after = optimizer.state_dict()
+    for key, state in before["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(after["state"][key][name]), torch.as_tensor(value))
+
+
+def test_a_zero_size_parameter_keeps_the_others_finite():
+    model = _model()
+    empty = nn.Parameter(torch.zeros(0))
+    optimizer = LearnedOptimizer([*model.parameters(), empty])
+    _train(model, optimizer, 1)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_a_group_outside_the_graph_or_with_a_bad_lr_is_refused():
+    model, optimizer = _stepped_learned()
+    with pytest.raises(ValueError, match="param group 1: parameters of shapes \\[\\(5,\\)\\]"):
+        optimizer.add_param_group({"params": [nn.Parameter(torch.randn(5))]})
+    with pytest.raises(ValueError, match="param group 0: Invalid learning rate"):
+        LearnedOptimizer([{"params": model.parameters(), "lr": float("nan")}], graph=model)
+    assert len(optimizer.param_groups) == 1
+
+
+def test_a_graph_with_edges_outside_its_nodes_is_refused():
+    from torchopt_edu.learned.graph import ParameterGraph
+
+    model = _model()
+    params = list(model.parameters())
+    graph = ParameterGraph(
+        list("abcd"), params, [0, 0, 1, 1], torch.tensor([[0], [10]]), torch.tensor([1])
+    )
+    with pytest.raises(ValueError, match="edge_index must be \\[2, E\\] node indices below 4"):
+        LearnedOptimizer(params, graph=graph)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "words"),
+    [
+        (
+            lambda s: s["net"]["weights"].__setitem__("coord.inp.weight", torch.zeros(1)),
+            "weights do not fit",
+        ),
+        (
+            lambda s: next(iter(s["state"].values())).__setitem__("step", torch.tensor(-5.0)),
+            "whole number >= 0",
+        ),
+        (lambda s: next(iter(s["state"].values()))["exp_avg_sq"].fill_(-1.0), "finite and >= 0"),
+        (lambda s: s["param_groups"][0].__setitem__("lr", "x"), "param group 0"),
+    ],
+)
+def test_a_corrupted_checkpoint_is_refused_and_nothing_changes(corrupt, words):
+    model, optimizer = _stepped_learned()
+    saved = copy.deepcopy(optimizer.state_dict())
+    other_model, other = _stepped_learned()
+    _train(other_model, other, 2, data=_data(torch.float64))  # a later point of training
+    bad = copy.deepcopy(other.state_dict())
+    corrupt(bad)
+    with pytest.raises(ValueError, match=words):
+        optimizer.load_state_dict(bad)
+    after = optimizer.state_dict()
+    for key, state in saved["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(after["state"][key][name]), torch.as_tensor(value))
+    for name, weight in saved["net"]["weights"].items():
+        assert torch.equal(after["net"]["weights"][name], weight)

@@ -183,6 +183,31 @@ class LearnedOptimizer(Optimizer):
             self._node_of = {id(p): k for k, p in enumerate(self.graph.params)}
             self._slabs = {}
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group as torch.optim does, after checking its ``lr`` and ``eps`` and, once the
+        optimizer is built, that its parameters are nodes of the graph."""
+        if isinstance(param_group, dict):
+            merged = {**self.defaults, **param_group}
+            index = len(self.param_groups)
+            try:
+                check_lr(merged["lr"])
+                check_number("eps", merged["eps"], 0.0, open_low=True)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"param group {index}: {error}") from None
+            node_of = getattr(self, "_node_of", None)
+            params = param_group.get("params", [])
+            params = [params] if isinstance(params, Tensor) else list(params)
+            param_group = {**param_group, "params": params}
+            outside = [
+                tuple(p.shape) for p in params if node_of is not None and id(p) not in node_of
+            ]
+            if outside:
+                raise ValueError(
+                    f"param group {index}: parameters of shapes {outside} are not nodes of this "
+                    "optimizer's parameter graph; build a LearnedOptimizer over all of them"
+                )
+        super().add_param_group(param_group)
+
     @staticmethod
     def _check_graph(graph: object, params: list[Tensor]) -> ParameterGraph:
         """The parameter graph, checked to hold exactly the optimizer's parameters."""
@@ -193,6 +218,21 @@ class LearnedOptimizer(Optimizer):
         if not isinstance(graph, ParameterGraph):
             raise TypeError(
                 f"graph must be a ParameterGraph, an nn.Module or None, got {type(graph).__name__}"
+            )
+        edges, kinds = graph.edge_index, graph.edge_type
+        if (
+            edges.dim() != 2
+            or edges.shape[0] != 2
+            or kinds.shape != edges.shape[1:]
+            or (
+                edges.numel() and not (0 <= int(edges.min()) and int(edges.max()) < graph.num_nodes)
+            )
+            or (kinds.numel() and not (0 <= int(kinds.min()) and int(kinds.max()) < 3))
+        ):
+            raise ValueError(
+                f"graph: edge_index must be [2, E] node indices below {graph.num_nodes} and "
+                f"edge_type [E] values in 0..2, got shapes {tuple(edges.shape)} and "
+                f"{tuple(kinds.shape)}"
             )
         in_graph = {id(p) for p in graph.params}
         missing = [i for i, p in enumerate(params) if id(p) not in in_graph]
@@ -231,11 +271,43 @@ class LearnedOptimizer(Optimizer):
                 f"{self.net.config()}"
             )
         self._check_state_shapes(state_dict)
+        self._check_state_values(state_dict)
+        trial = copy.deepcopy(self.net)  # the weights must load before anything changes
+        try:
+            trial.load_state_dict(saved_net["weights"])
+        except (RuntimeError, KeyError, TypeError) as error:
+            raise ValueError(f"the checkpoint's net weights do not fit: {error}") from None
+        if not all(bool(torch.isfinite(w).all()) for w in trial.state_dict().values()):
+            raise ValueError("the checkpoint's net weights hold NaN or infinite values")
         rest = {k: v for k, v in state_dict.items() if k != "net"}
         super().load_state_dict(rest)
         self.net.load_state_dict(saved_net["weights"])
         self.use_graph = bool(saved_net["use_graph"])
         self._slabs = {}  # rebuilt from the loaded state at the next step
+
+    def _check_state_values(self, state_dict: dict[str, Any]) -> None:
+        """Each saved group's ``lr`` and ``eps`` as the constructor takes them; each step count
+        a whole number >= 0; each second moment finite and >= 0."""
+        from torchopt_edu.optim._checkpoint import _check_step
+
+        for g, saved in enumerate(state_dict["param_groups"]):
+            try:
+                check_lr(saved.get("lr"))
+                check_number("eps", saved.get("eps"), 0.0, open_low=True)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"the checkpoint's param group {g}: {error}") from None
+        for pid, entry in state_dict["state"].items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"the checkpoint's state of parameter {pid} is not a dict")
+            if "step" in entry:
+                _check_step(entry["step"], f"parameter {pid}")
+            second = entry.get("exp_avg_sq")
+            if isinstance(second, Tensor) and not bool(
+                (torch.isfinite(second) & (second >= 0)).all()
+            ):
+                raise ValueError(
+                    f"parameter {pid}: state 'exp_avg_sq' must be finite and >= 0 (a second moment)"
+                )
 
     def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
         groups = state_dict.get("param_groups", [])
@@ -277,13 +349,23 @@ class LearnedOptimizer(Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("LearnedOptimizer does not support sparse gradients")
                 kinds.setdefault((p.device, p.dtype), []).append((p, group))
+        if not kinds:  # no gradient anywhere: nothing to update, as in torch.optim
+            return loss
         slabs = [self._slab(kind, members) for kind, members in kinds.items()]
         if self.compiled:
             for device, dtype in kinds:
                 _build_coordinate_kernel(device, dtype, self.net.coord.inp.out_features)
+        stats = [tensor_rms(slab) for slab in slabs]
+        for slab, rms in zip(slabs, stats, strict=True):
+            if not bool(torch.isfinite(rms[0]).all()):  # it would spread through the graph stage
+                bad = slab.params[int(torch.nonzero(~torch.isfinite(rms[0])).flatten()[0])]
+                raise ValueError(
+                    f"LearnedOptimizer: the gradient of parameter {self._node_of[id(bad)]} "
+                    f"({self.graph.names[self._node_of[id(bad)]]}, shape {tuple(bad.shape)}) "
+                    "has NaN or infinite entries; nothing was updated"
+                )
         for slab in slabs:
             slab.steps.add_(1)
-        stats = [tensor_rms(slab) for slab in slabs]
         modulation = self._modulation(slabs, stats)
         for slab, rms, (scale, mu) in zip(slabs, stats, modulation, strict=True):
             self._update(slab, rms, scale, mu)
@@ -297,6 +379,7 @@ class LearnedOptimizer(Optimizer):
             if all(a is b for a, b in zip(slab.params, params, strict=True)):
                 slab.groups = [g for _, g in members]
                 return slab
+        nodes = torch.tensor([self._node_of[id(p)] for p in params])  # before any state moves
         device, dtype = kind
         sizes = [p.numel() for p in params]
         total = sum(sizes)
@@ -317,7 +400,7 @@ class LearnedOptimizer(Optimizer):
         slab = _Slab(
             params=params,
             groups=[g for _, g in members],
-            nodes=torch.tensor([self._node_of[id(p)] for p in params]),
+            nodes=nodes,
             sizes=sizes,
             moments=moments,
             steps=steps,
@@ -452,7 +535,7 @@ def tensor_rms(slab: _Slab) -> Tensor:
     momenta = [*slab.moments[1].split(slab.sizes), *slab.moments[2].split(slab.sizes)]
     tensors = [p.grad for p in slab.params] + slab.params + momenta
     norms = torch.stack(torch._foreach_norm(tensors)).float().cpu().view(4, -1)
-    return norms / torch.tensor(slab.sizes, dtype=torch.float32).sqrt()
+    return norms / torch.tensor(slab.sizes, dtype=torch.float32).clamp_min(1).sqrt()  # size 0: 0
 
 
 def node_features(rms: Tensor, slab: _Slab) -> Tensor:
