@@ -88,7 +88,34 @@ def test_time_to_target_is_the_median_over_studies_of_each_studys_best_trial():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="by must be one of .*'cpu_seconds'.*, got 'time'"):
         time_to_target([_record("w", "A", 0, 0, 1)], "time")
-    with pytest.raises(ValueError, match="max_ratio must be > 1, got 1"):
+    with pytest.raises(ValueError, match="max_ratio must be a finite number > 1, got 1"):
         benchmark_score(performance_ratios(TIMES), max_ratio=1)
     with pytest.raises(ValueError, match="at least one workload"):
         performance_profile({}, [1.0])
+
+
+@pytest.mark.parametrize(
+    ("times", "words"),
+    [
+        ({"w": {"a": math.nan, "b": 1.0, "c": 2.0}}, "optimizer 'a': the time to target"),
+        ({"w": {"b": 1.0, "c": 2.0, "a": math.nan}}, "optimizer 'a': the time to target"),
+        ({"w": {"a": 0.0, "b": 1.0}}, "optimizer 'a': .* > 0"),
+        ({"w": {"a": -1.0, "b": 1.0}}, "optimizer 'a': .* > 0"),
+        ({"w": {}}, "workload 'w' has no optimizer's time"),
+    ],
+)
+def test_ratios_refuse_times_that_are_not_positive_numbers(times, words):
+    """A NaN gave order-dependent ratios (all inf, or a NaN ratio), 0 divided by zero, a
+    negative time a negative ratio and a score above 1."""
+    with pytest.raises(ValueError, match=words):
+        performance_ratios(times)
+
+
+def test_an_infinite_max_ratio_is_refused():
+    with pytest.raises(ValueError, match="max_ratio must be a finite number > 1, got inf"):
+        benchmark_score({"w": {"a": 1.0}}, max_ratio=math.inf)
+
+
+def test_a_measure_is_checked_even_without_results():
+    with pytest.raises(ValueError, match="by must be one of"):
+        time_to_target([], by="minutes")

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from torchopt_edu.benchmark.protocol import TrialResult
+from torchopt_edu.optim._checks import is_real
 
 Measure = Literal["seconds", "cpu_seconds", "steps"]
 MEASURES: tuple[Measure, ...] = ("seconds", "cpu_seconds", "steps")
@@ -38,7 +39,15 @@ def _measure(result: TrialResult, by: Measure) -> float:
     if by not in MEASURES:
         raise ValueError(f"by must be one of {list(MEASURES)}, got {by!r}")
     value = getattr(result, by)
-    return math.inf if value is None else float(value)
+    if value is None:  # the trial missed the target
+        return math.inf
+    if not (is_real(value) and value >= 0):  # NaN fails too
+        key = result.key
+        raise ValueError(
+            f"workload {key.workload!r}, optimizer {key.optimizer!r}, study {key.study}: {by} "
+            f"must be a number >= 0 (None for a miss), got {value!r}"
+        )
+    return float(value)
 
 
 def time_to_target(
@@ -48,6 +57,8 @@ def time_to_target(
 
     ``inf`` where the median study missed the target.
     """
+    if by not in MEASURES:
+        raise ValueError(f"by must be one of {list(MEASURES)}, got {by!r}")
     best: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     for result in results:
         key = result.key
@@ -60,9 +71,22 @@ def time_to_target(
 
 
 def performance_ratios(times: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    """``r[workload][optimizer] = t / (fastest t on that workload)``; ``inf`` for a miss."""
+    """``r[workload][optimizer] = t / (fastest t on that workload)``; ``inf`` for a miss.
+
+    Raises:
+        ValueError: a workload without optimizers, or a time that is NaN, not a number or not
+            > 0 (a miss is ``inf``), naming the workload and the optimizer.
+    """
     ratios = {}
     for workload, by_optimizer in times.items():
+        if not by_optimizer:
+            raise ValueError(f"workload {workload!r} has no optimizer's time")
+        for optimizer, time in by_optimizer.items():
+            if not (is_real(time) and time > 0):  # NaN fails too
+                raise ValueError(
+                    f"workload {workload!r}, optimizer {optimizer!r}: the time to target must "
+                    f"be a number > 0 (inf for a miss), got {time!r}"
+                )
         fastest = min(by_optimizer.values())
         ratios[workload] = {
             optimizer: time / fastest if math.isfinite(fastest) else math.inf
@@ -105,8 +129,8 @@ def benchmark_score(
     Raises:
         ValueError: ``max_ratio <= 1``, or no workload.
     """
-    if not max_ratio > 1:
-        raise ValueError(f"max_ratio must be > 1, got {max_ratio!r}")
+    if not (is_real(max_ratio) and 1 < max_ratio < math.inf):
+        raise ValueError(f"max_ratio must be a finite number > 1, got {max_ratio!r}")
     if not ratios:
         raise ValueError("benchmark_score needs the ratios of at least one workload")
 
