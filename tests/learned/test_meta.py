@@ -120,3 +120,39 @@ def test_bench_table_compares_with_fused_adam(capsys):
     ]
     assert rows[0]["ratio_to_fused_adam"] == 1.0
     assert all(r["ms_per_step"] > 0 for r in rows)
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_as_it_was():
+    """phi was copied before the meta-optimizer's state failed to load."""
+    import copy
+
+    from torchopt_edu.learned.meta import MetaTrainer
+    from torchopt_edu.learned.nets import LearnedNet
+
+    def trainer():
+        return MetaTrainer(LearnedNet(), families=["quadratic"], pairs=1, unroll=3)
+
+    source = trainer()
+    source.step()
+    saved = copy.deepcopy(source.state_dict())
+    saved["meta_optimizer"] = {"state": {}, "param_groups": []}
+    target = trainer()
+    target.step()
+    phi, history = target.phi.detach().clone(), list(target.history)
+    with pytest.raises(ValueError, match="does not fit this trainer"):
+        target.load_state_dict(saved)
+    assert torch.equal(target.phi, phi) and target.history == history
+    with pytest.raises(ValueError, match="expects what state_dict"):
+        target.load_state_dict(None)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"])
+def test_resume_from_a_damaged_checkpoint_is_a_usage_error(content, tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    argv = ["learn-optimizer", "--steps", "2", "--pairs", "1", "--unroll", "2"]
+    argv += ["--families", "quadratic", "--validation-tasks", "0", "--no-plot", "--no-progress"]
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([*argv, "--out", str(tmp_path), "--resume"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --resume: cannot resume from" in err
+    assert err.count("\n") == 1 and (tmp_path / "checkpoint.pt").read_bytes() == content

@@ -167,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     if args.resume:
-        saved = torch.load(checkpoint, weights_only=True)
         try:
+            saved = torch.load(checkpoint, weights_only=True)
             trainer.load_state_dict(saved["trainer"])
-        except ValueError as error:
-            parser.error(f"argument --resume: {error}")
-        validation = saved["validation"]
+            validation = saved["validation"]
+        except Exception as error:  # an empty, truncated or foreign file fails in many ways
+            parser.error(
+                f"argument --resume: cannot resume from {checkpoint} ({type(error).__name__}: "
+                f"{error}); it is damaged or not a checkpoint of this command"
+            )
     else:
         validation = {"tasks": _validation_tasks(args.families, args.validation_tasks)}
         if validation["tasks"]:

@@ -30,6 +30,7 @@ bookkeeping.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -189,7 +190,20 @@ class MetaTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict`; the settings must match this trainer's."""
+        """Resume from :meth:`state_dict`; the settings must match this trainer's. Every part
+        is checked (loaded into copies) before any changes: ``ValueError`` naming the part."""
+        if not isinstance(state, dict) or not {
+            "settings",
+            "phi",
+            "meta_optimizer",
+            "generator",
+            "history",
+        } <= set(state):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                "MetaTrainer.load_state_dict expects what state_dict() returns (settings, phi, "
+                f"meta_optimizer, generator, history), got {got}"
+            )
         if state.get("settings") != self.settings():
             raise ValueError(
                 f"the checkpoint was meta-trained with {state.get('settings')}, this run uses "
@@ -199,9 +213,19 @@ class MetaTrainer:
             raise ValueError(
                 f"phi has shape {tuple(state['phi'].shape)}, expected {tuple(self.phi.shape)}"
             )
+        if not bool(torch.isfinite(state["phi"]).all()):
+            raise ValueError("the checkpoint's phi holds NaN or infinite values")
+        trial_optimizer = copy.deepcopy(self.meta_optimizer)
+        trial_generator = torch.Generator()
+        try:
+            trial_optimizer.load_state_dict(state["meta_optimizer"])
+            trial_generator.set_state(state["generator"])
+            history = list(state["history"])
+        except (ValueError, TypeError, KeyError, RuntimeError) as error:
+            raise ValueError(f"the checkpoint does not fit this trainer: {error}") from None
         with torch.no_grad():
             self.phi.copy_(state["phi"])
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.generator.set_state(state["generator"])
-        self.history = list(state["history"])
+        self.history = history
         vector_to_parameters(self.phi.detach(), self.net.parameters())
