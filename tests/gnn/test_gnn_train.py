@@ -448,3 +448,30 @@ def test_schedule_free_is_measured_and_kept_at_its_averaged_point(restore_best):
     assert evaluate(model, data, "classification")["val_loss"] == pytest.approx(
         history.metrics["val_loss"][epoch], rel=1e-6
     )
+
+
+@pytest.mark.parametrize("held_out", ["val_mask", "test_mask"])
+def test_a_held_out_mask_overlapping_the_training_nodes_is_refused(held_out):
+    """Its metrics were measured on nodes the model trained on (a val mask without a train
+    mask was already refused for the same leak)."""
+    data = sbm_graph(block_sizes=(10, 10), num_features=4, train_per_class=3, num_val=4, seed=0)
+    setattr(data, held_out, data.train_mask.clone())
+    with seeded(0):
+        model = GCN(4, [8], 2)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=f"data.train_mask and data.{held_out} share 6 nodes"):
+        train_node_model(model, data, Adam(model.parameters()), epochs=1, progress=False)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_num_nodes_disagreeing_with_the_features_is_named():
+    data = Data(
+        x=torch.randn(5, 3),
+        edge_index=torch.tensor([[0, 1], [1, 2]]),
+        y=torch.zeros(5, dtype=torch.long),
+        num_nodes=7,
+    )
+    with seeded(0):
+        model = GCN(3, [4], 2)
+    with pytest.raises(ValueError, match="data.num_nodes is 7 but data.x has 5 rows"):
+        train_node_model(model, data, Adam(model.parameters()), epochs=1, progress=False)

@@ -212,7 +212,8 @@ def validate_graph(data: Data, task: str | None = None) -> None:  # noqa: C901 (
       normalises by ``deg^{-1/2}``, which a negative weight can turn into NaN.
     - each mask present is bool ``[N]``; ``train_mask`` selects at least one node; a graph
       with ``val_mask`` or ``test_mask`` but no ``train_mask`` is refused (training on all
-      nodes would leak their labels).
+      nodes would leak their labels), and so is a held-out mask that shares nodes with
+      ``train_mask`` (its metrics would be measured on training nodes).
     - ``y`` has N rows: int64 ``[N]`` labels for classification, float ``[N]`` or ``[N, C]``
       for regression. Labels must be ``>= 0`` (regression targets finite) on the
       :func:`labelled_nodes`, the nodes of some mask; a node outside every mask is never
@@ -233,6 +234,10 @@ def validate_graph(data: Data, task: str | None = None) -> None:  # noqa: C901 (
     num_nodes = x.size(0)
     if num_nodes == 0:
         raise ValueError("data.x has 0 rows: the graph needs at least one node")
+    if data.num_nodes != num_nodes:
+        raise ValueError(
+            f"data.num_nodes is {data.num_nodes} but data.x has {num_nodes} rows (one per node)"
+        )
     if x.size(1) == 0:
         raise ValueError(
             f"data.x has 0 features per node (shape {list(x.shape)}); give each "
@@ -288,6 +293,14 @@ def validate_graph(data: Data, task: str | None = None) -> None:  # noqa: C901 (
             f"data has {' and '.join(held_out)} but no train_mask, so training "
             "would use the held-out nodes' labels; add a train_mask"
         )
+    for name in held_out:
+        overlap = train_mask & getattr(data, name)
+        if bool(overlap.any()):
+            # the same leak: its metrics would be measured on nodes the model trained on
+            raise ValueError(
+                f"data.train_mask and data.{name} share {int(overlap.sum())} nodes (the first "
+                f"is node {int(overlap.nonzero()[0])}); held-out nodes must not be trained on"
+            )
 
     if task is None:
         return
