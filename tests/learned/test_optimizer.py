@@ -466,3 +466,38 @@ def test_a_corrupted_checkpoint_is_refused_and_nothing_changes(corrupt, words):
             assert torch.equal(torch.as_tensor(after["state"][key][name]), torch.as_tensor(value))
     for name, weight in saved["net"]["weights"].items():
         assert torch.equal(after["net"]["weights"][name], weight)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"", "cannot be read as a weights file"),
+        (None, "cannot be read as a weights file"),  # the shipped file, truncated
+        ("config", "config must hold hidden"),
+        ("nan", "weights hold NaN"),
+    ],
+)
+def test_a_damaged_weights_file_is_named(content, words, tmp_path):
+    from torchopt_edu.learned.weights import load_net, save_net
+
+    path = tmp_path / "net.pt"
+    if content == "config":
+        torch.save({"config": {"hidden": 8, "version": 2}, "weights": {}}, path)
+    elif content == "nan":
+        net = LearnedNet()
+        with torch.no_grad():
+            next(net.parameters()).fill_(float("nan"))
+        save_net(net, path)
+    elif content is None:
+        raw = SHIPPED[True].read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{path}.*{words}|{words}"):
+        load_net(path)
+
+
+@pytest.mark.parametrize("hidden", [0, -1, 2.5])
+def test_a_net_without_hidden_units_is_refused(hidden):
+    with pytest.raises((TypeError, ValueError), match="hidden"):
+        LearnedNet(hidden=hidden)

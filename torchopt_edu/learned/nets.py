@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
+from torchopt_edu.optim._checks import check_flag, check_int
+
 #: Momentum decay rates (fast, medium, slow) and the second moment's decay rate.
 BETAS = (0.5, 0.9, 0.99)
 BETA2 = 0.999
@@ -126,6 +128,9 @@ class LearnedNet(nn.Module):
 
     def __init__(self, hidden: int = 8, graph_hidden: int = 16, use_graph: bool = True) -> None:
         super().__init__()
+        check_int("hidden", hidden, minimum=1)
+        check_int("graph_hidden", graph_hidden, minimum=1)
+        use_graph = check_flag("use_graph", use_graph)
         self.coord = CoordinateMLP(hidden)
         self.graph = GraphStage(graph_hidden) if use_graph else None
 

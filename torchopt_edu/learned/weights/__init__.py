@@ -31,10 +31,31 @@ def save_net(net: LearnedNet, path: str | Path, meta: dict[str, Any] | None = No
 
 
 def read_weights_file(path: str | Path) -> dict[str, Any]:
-    """The contents of a weights file, loaded with ``weights_only=True`` and checked."""
-    contents = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """The contents of a weights file, loaded with ``weights_only=True`` and checked.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a file that is empty, truncated, not a weights file, or whose config is
+            not one :class:`LearnedNet` takes, naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no learned-optimizer weights file at {path}")
+    try:
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # an empty or truncated file fails in many ways
+        raise ValueError(
+            f"{path} cannot be read as a weights file ({type(error).__name__}: {error}); it is "
+            "damaged or not one"
+        ) from None
     if not isinstance(contents, dict) or not {"config", "weights"} <= contents.keys():
         raise ValueError(f"{path} is not a learned-optimizer weights file (no config/weights)")
+    config = contents["config"]
+    if not isinstance(config, dict) or not set(config) <= {"hidden", "graph_hidden", "use_graph"}:
+        raise ValueError(
+            f"{path}: config must hold hidden, graph_hidden and use_graph, got {config!r} (a "
+            "file of another version?)"
+        )
     return contents
 
 
@@ -42,7 +63,12 @@ def load_net(path: str | Path) -> LearnedNet:
     """The :class:`LearnedNet` saved in ``path`` by :func:`save_net`."""
     contents = read_weights_file(path)
     net = LearnedNet(**contents["config"])
-    net.load_state_dict(contents["weights"])
+    try:
+        net.load_state_dict(contents["weights"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: the weights do not fit the config: {error}") from None
+    if not all(bool(torch.isfinite(w).all()) for w in net.state_dict().values()):
+        raise ValueError(f"{path}: the weights hold NaN or infinite values")
     return net
 
 
