@@ -475,3 +475,32 @@ def test_num_nodes_disagreeing_with_the_features_is_named():
         model = GCN(3, [4], 2)
     with pytest.raises(ValueError, match="data.num_nodes is 7 but data.x has 5 rows"):
         train_node_model(model, data, Adam(model.parameters()), epochs=1, progress=False)
+
+
+class _Pair(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gcn = GCN(3, [4], 2)
+
+    def forward(self, x, edge_index):
+        return self.gcn(x, edge_index), None
+
+
+@pytest.mark.parametrize(
+    ("make_model", "words"),
+    [
+        (lambda: GCN(3, [4], 1), "a classifier needs at least 2 class scores"),
+        (_Pair, "must return a tensor"),
+        (lambda: torch.nn.Linear(3, 2), r"model\(x, edge_index\) failed on this graph"),
+    ],
+)
+def test_models_that_cannot_classify_this_graph_are_named(make_model, words):
+    data = Data(
+        x=torch.randn(5, 3),
+        edge_index=torch.tensor([[0, 1], [1, 2]]),
+        y=torch.zeros(5, dtype=torch.long),
+    )
+    with seeded(0):
+        model = make_model()
+    with pytest.raises(ValueError, match=words):
+        train_node_model(model, data, Adam(model.parameters()), epochs=1, progress=False)

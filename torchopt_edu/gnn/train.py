@@ -335,17 +335,32 @@ def _check_training_setup(
         )
     try:
         out = _eval_forward(model, data)
-    except (RuntimeError, IndexError) as error:  # torch's errors, from deep inside the model
+    except (RuntimeError, IndexError, TypeError) as error:  # torch's, from inside the model
         weight = ", edge_weight" if getattr(data, "edge_weight", None) is not None else ""
         raise ValueError(
             f"model(x, edge_index{weight}) failed on this graph (x of shape "
             f"{list(data.x.shape)}): {error}; does the model take "
             f"{data.x.size(1)} input features?"
         ) from error
+    _check_model_output(out, data, task)
+
+
+def _check_model_output(out: object, data: Data, task: str) -> None:
+    """Raise ``ValueError`` unless ``out`` (the model's eval-mode output) fits ``data``: a tensor
+    ``[N, C]``, at least 2 classes and one per label, or one value per regression target."""
     num_nodes = data.num_nodes
+    if not isinstance(out, Tensor):
+        raise ValueError(
+            f"model(x, edge_index) must return a tensor [{num_nodes}, C], got {type(out).__name__}"
+        )
     if out.dim() != 2 or out.size(0) != num_nodes:
         raise ValueError(f"model output must have shape [{num_nodes}, C], got {list(out.shape)}")
     if task == "classification":
+        if out.size(1) < 2:
+            raise ValueError(
+                f"a classifier needs at least 2 class scores, the model outputs {out.size(1)} "
+                "(every node would be class 0: accuracy 1 and nothing learnt)"
+            )
         max_label = int(data.y[labelled_nodes(data)].max())  # other nodes' labels are unread
         if out.size(1) <= max_label:
             raise ValueError(
