@@ -54,3 +54,28 @@ def test_a_folder_as_the_study_database_is_named_as_such(tmp_path):
         with pytest.raises(StorageError, match=f"study database {tmp_path} is a folder"):
             open_storage(storage)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_in_a_trial_pauses_the_study_without_optunas_traceback(caplog):
+    """Ctrl+C is how a study is paused; Optuna logged it as a failed trial with a traceback."""
+    import optuna
+
+    from torchopt_edu.tuning import tune
+
+    calls = []
+
+    def train(config, report):
+        calls.append(config)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    storage = optuna.storages.InMemoryStorage()
+    optuna.logging.enable_propagation()  # Optuna's records reach caplog
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tune(train, SearchSpace(["adam"]), n_trials=5, storage=storage, progress_bar=False)
+    finally:
+        optuna.logging.disable_propagation()
+    assert not [r for r in caplog.records if "KeyboardInterrupt" in r.getMessage()]
+    assert len(calls) == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import socket
@@ -496,6 +497,15 @@ def _check_search_space(
     )
 
 
+class _QuietInterrupts(logging.Filter):
+    """Drop Optuna's "Trial N failed ... KeyboardInterrupt" record and its traceback: Ctrl+C
+    is how a study is paused (the trial is marked failed and rerun on resume), not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to keep ``record``."""
+        return "KeyboardInterrupt" not in record.getMessage()
+
+
 def tune(  # noqa: C901 (argument checks, then one loop)
     train: TrainFn,
     space: SearchSpace | None = None,
@@ -671,6 +681,9 @@ def _optimize(
 
         callbacks.append(show)
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    interrupt_notes = _QuietInterrupts()
+    optuna_log = logging.getLogger("optuna.study._optimize")  # where the failure is logged
+    optuna_log.addFilter(interrupt_notes)
     try:
         remaining = n_trials - counted_trials(study)
         if remaining > 0:  # at most this many attempts in this call, even if all of them fail
@@ -682,5 +695,6 @@ def _optimize(
                 callbacks=callbacks,
             )
     finally:
+        optuna_log.removeFilter(interrupt_notes)
         if bar is not None:
             bar.close()
