@@ -257,3 +257,23 @@ def test_an_unknown_sampler_to_compare_is_a_usage_error(tmp_path, capsys):
     )
     assert code == 2 and out == ""
     assert "argument --compare-samplers: unknown ['foo']" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "listed", "left_out"),
+    [
+        ("tune", [], ["LBFGS", "SparseAdam", ", Muon"]),
+        ("demo", [], ["LBFGS", "SparseAdam", ", Muon"]),
+        ("gnn", ["LBFGS"], ["SparseAdam", ", Muon"]),
+    ],
+)
+def test_help_lists_only_the_optimizers_the_command_can_train_with(
+    command, listed, left_out, capsys
+):
+    """--help listed LBFGS, Muon and SparseAdam, which the command then refused."""
+    code, out, _ = _run([command, "--help"], capsys)
+    text = " ".join(out.split())
+    torch_names = text[text.index("torch.optim.<Name> with <Name> one of") :]
+    assert code == 0
+    assert all(name in torch_names for name in listed)
+    assert not any(name in torch_names.split(")")[0] for name in left_out)

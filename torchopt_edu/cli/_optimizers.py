@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from torchopt_edu.optim import display_name, resolve_optimizer
+from torchopt_edu.optim import display_name, resolve_optimizer, valid_names
 
 #: torch.optim classes that no command's training can step, and why.
 UNSUITABLE = {
@@ -20,6 +20,11 @@ UNSUITABLE = {
 }
 #: torch.optim classes whose ``step`` needs a closure that re-evaluates the loss.
 NEEDS_CLOSURE = ("LBFGS",)
+
+
+def usable_names(*, closure: bool) -> str:
+    """The names :func:`optimizer_name` accepts, for ``--help``."""
+    return valid_names(exclude=(*UNSUITABLE, *(() if closure else NEEDS_CLOSURE)))
 
 
 def optimizer_name(*, closure: bool) -> Callable[[str], str]:

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchopt_edu.cli import _argtypes, _common
-from torchopt_edu.cli._optimizers import optimizer_name
-from torchopt_edu.optim import valid_names
+from torchopt_edu.cli._optimizers import optimizer_name, usable_names
 
 if TYPE_CHECKING:
     from torchopt_edu.benchmark import TrialResult
@@ -76,7 +75,10 @@ def build_parser() -> _common.Parser:
         parser,
         default=(),
         convert=optimizer_name(closure=False),
-        help=f"external track (default: {','.join(EXTERNAL_OPTIMIZERS)}); any of {valid_names()}",
+        help=(
+            f"external track (default: {','.join(EXTERNAL_OPTIMIZERS)}); "
+            f"any of {usable_names(closure=False)}"
+        ),
     )
     parser.add_argument(
         "--self-optimizers",

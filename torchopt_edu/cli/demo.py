@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from torchopt_edu import demo
 from torchopt_edu.cli import _argtypes, _common
-from torchopt_edu.cli._optimizers import optimizer_name
-from torchopt_edu.optim import resolve_optimizer, valid_names
+from torchopt_edu.cli._optimizers import optimizer_name, usable_names
+from torchopt_edu.optim import resolve_optimizer
 
 
 def build_parser() -> _common.Parser:
@@ -37,7 +37,7 @@ def build_parser() -> _common.Parser:
         parser,
         default=list(demo.DEMO_HYPERPARAMETERS),
         convert=optimizer_name(closure=False),
-        help=f"default: all of ours; any of {valid_names()}",
+        help=f"default: all of ours; any of {usable_names(closure=False)}",
     )
     parser.add_argument("--epochs", type=_argtypes.positive_int, default=15)
     parser.add_argument("--batch-size", type=_argtypes.positive_int, default=64)

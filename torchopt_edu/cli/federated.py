@@ -43,7 +43,7 @@ from torchopt_edu.cli._argtypes import (
     positive_float,
     positive_int,
 )
-from torchopt_edu.cli._optimizers import optimizer_name
+from torchopt_edu.cli._optimizers import optimizer_name, usable_names
 from torchopt_edu.federated.attacks import ATTACKS, Attack
 from torchopt_edu.federated.checkpoint import CheckpointError
 from torchopt_edu.federated.client import LocalTraining, make_clients
@@ -61,7 +61,7 @@ from torchopt_edu.federated.robust import ClipUpdates, FedMedian, FedTrimmedAvg,
 from torchopt_edu.federated.scaffold import Scaffold
 from torchopt_edu.federated.simulation import Record, Simulation
 from torchopt_edu.federated.strategy import STRATEGIES, FedOpt, FedProx, Strategy
-from torchopt_edu.optim import resolve_optimizer, valid_names
+from torchopt_edu.optim import resolve_optimizer
 
 SERVER_OPTIMIZER_STRATEGIES = ("fedopt", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold")
 HEADER = (
@@ -119,7 +119,7 @@ def build_parser() -> _common.Parser:
         type=optimizer_name(closure=False),
         default="sgd",
         metavar="NAME",
-        help=f"the clients' optimizer: {valid_names()}",
+        help=f"the clients' optimizer: {usable_names(closure=False)}",
     )
     parser.add_argument("--lr", type=positive_float, default=0.1, help="clients' learning rate")
     parser.add_argument(

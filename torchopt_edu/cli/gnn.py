@@ -17,12 +17,12 @@ from pathlib import Path
 from torch_geometric.data import Data
 
 from torchopt_edu.cli import _argtypes, _common
-from torchopt_edu.cli._optimizers import optimizer_name
+from torchopt_edu.cli._optimizers import optimizer_name, usable_names
 from torchopt_edu.gnn.data import infer_task, seeded, to_device
 from torchopt_edu.gnn.demo import DATASETS, DEMO_LR, default_lr
 from torchopt_edu.gnn.model import GCN
 from torchopt_edu.gnn.train import OptimizerFactory, compare_optimizers, format_table
-from torchopt_edu.optim import OPTIMIZERS, resolve_optimizer, valid_names
+from torchopt_edu.optim import OPTIMIZERS, resolve_optimizer
 
 
 def build_parser() -> _common.Parser:
@@ -42,7 +42,7 @@ def build_parser() -> _common.Parser:
         "--optimizer",
         default=list(OPTIMIZERS),
         convert=optimizer_name(closure=True),
-        help=f"default: all of ours; any of {valid_names()}",
+        help=f"default: all of ours; any of {usable_names(closure=True)}",
     )
     parser.add_argument(
         "--lr",

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchopt_edu.cli import _argtypes, _common
-from torchopt_edu.cli._optimizers import optimizer_name
-from torchopt_edu.optim import valid_names
+from torchopt_edu.cli._optimizers import optimizer_name, usable_names
 
 if TYPE_CHECKING:
     from torchopt_edu.tuning import OptimizerConfig, SearchSpace, TrainFn, TuneResult
@@ -65,7 +64,7 @@ def build_parser() -> _common.Parser:
         parser,
         default=(),
         convert=optimizer_name(closure=False),
-        help=f"default: all of ours; any of {valid_names()}",
+        help=f"default: all of ours; any of {usable_names(closure=False)}",
     )
     schedules = [CONSTANT_SCHEDULE, *SCHEDULES]
     parser.add_argument(

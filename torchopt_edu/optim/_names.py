@@ -8,6 +8,8 @@ without a change here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch.optim import Optimizer
 
@@ -29,10 +31,14 @@ def torch_optimizers() -> dict[str, type[Optimizer]]:
     }
 
 
-def valid_names() -> str:
-    """The accepted names, for error and help messages."""
+def valid_names(exclude: Iterable[str] = ()) -> str:
+    """The accepted names, for error and help messages; ``exclude``: torch.optim class names to
+    leave out (those a caller cannot use)."""
     ours = ", ".join(_ours())
-    theirs = ", ".join(sorted(cls.__name__ for cls in torch_optimizers().values()))
+    left_out = set(exclude)
+    theirs = ", ".join(
+        sorted(cls.__name__ for cls in torch_optimizers().values() if cls.__name__ not in left_out)
+    )
     return f"{ours}, or torch.optim.<Name> with <Name> one of {theirs}"
 
 
