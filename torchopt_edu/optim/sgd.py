@@ -183,7 +183,6 @@ class Momentum(SGD):
         fused: bool | None = None,
         flat: bool = False,
     ) -> None:
-        check_beta("beta", beta)
         super().__init__(
             params,
             lr=lr,
@@ -200,9 +199,9 @@ class Momentum(SGD):
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
-        """SGD's rules, with the momentum (``beta``) in [0, 1)."""
-        super().check_options(options)
+        """The momentum (``beta``) in [0, 1), named as the user passed it, then SGD's rules."""
         check_beta("beta", options["momentum"])
+        super().check_options(options)
 
 
 # ---------------------------------------------------------------------------------------
