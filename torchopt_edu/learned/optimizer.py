@@ -131,8 +131,7 @@ class LearnedOptimizer(Optimizer):
         use_graph: bool | None = None,
         compiled: bool = False,
     ) -> None:
-        check_lr(lr)
-        check_number("eps", eps, 0.0, open_low=True)
+        self.check_options({"lr": lr, "eps": eps})
         self.compiled = check_flag("compiled", compiled)
         super().__init__(params, {"lr": lr, "eps": eps})
         all_params = [p for group in self.param_groups for p in group["params"]]
@@ -183,6 +182,13 @@ class LearnedOptimizer(Optimizer):
             self._node_of = {id(p): k for k, p in enumerate(self.graph.params)}
             self._slabs = {}
 
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        """Raise naming the option unless ``lr`` is finite and >= 0 and ``eps`` > 0; run by the
+        constructor, :meth:`add_param_group` and :meth:`load_state_dict`."""
+        check_lr(options["lr"])
+        check_number("eps", options["eps"], 0.0, open_low=True)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group as torch.optim does, after checking its ``lr`` and ``eps`` and, once the
         optimizer is built, that its parameters are nodes of the graph."""
@@ -190,8 +196,7 @@ class LearnedOptimizer(Optimizer):
             merged = {**self.defaults, **param_group}
             index = len(self.param_groups)
             try:
-                check_lr(merged["lr"])
-                check_number("eps", merged["eps"], 0.0, open_low=True)
+                self.check_options(merged)
             except (TypeError, ValueError) as error:
                 raise type(error)(f"param group {index}: {error}") from None
             node_of = getattr(self, "_node_of", None)
@@ -292,8 +297,7 @@ class LearnedOptimizer(Optimizer):
 
         for g, saved in enumerate(state_dict["param_groups"]):
             try:
-                check_lr(saved.get("lr"))
-                check_number("eps", saved.get("eps"), 0.0, open_low=True)
+                self.check_options({"lr": saved.get("lr"), "eps": saved.get("eps")})
             except (TypeError, ValueError) as error:
                 raise ValueError(f"the checkpoint's param group {g}: {error}") from None
         for pid, entry in state_dict["state"].items():
