@@ -23,6 +23,12 @@ from torch import Tensor, nn
 from torchopt_edu.multitask._losses import TaskLosses, check_task_losses
 
 
+def _first_not_positive(losses: Tensor) -> int | None:
+    """The index of the first loss that is not > 0 (NaN included), or ``None``."""
+    bad = torch.nonzero(~(losses.detach() > 0)).flatten()
+    return int(bad[0]) if bad.numel() else None
+
+
 class LossWeighting(nn.Module):
     """Base class: validates the losses, then ``combine(losses: Tensor[T]) -> Tensor[]``.
 
@@ -146,8 +152,8 @@ class DynamicWeightAverage(LossWeighting):
         """``sum_i w_i L_i`` with the current period's weights; records the losses, which must
         be positive (``ValueError`` naming the task, nothing recorded): the next weights divide
         by them."""
-        if not bool((losses.detach() > 0).all()):
-            task = int(torch.nonzero(~(losses.detach() > 0)).flatten()[0])
+        task = _first_not_positive(losses)
+        if task is not None:
             raise ValueError(
                 f"DynamicWeightAverage divides each task's loss by its previous one, so losses "
                 f"must be > 0: task {task} has loss {float(losses[task])}"
@@ -230,14 +236,14 @@ class GradNorm(LossWeighting):
     def forward(self, losses: TaskLosses) -> Tensor:
         """``sum_i w_i L_i`` (w detached) plus the balancing loss ``L_grad`` (w only)."""
         labels, values = check_task_losses(losses, self.num_tasks)
-        gradient_norms = self._gradient_norms(labels, values)  # may raise: nothing changed yet
         losses = torch.stack(values)
-        if not self.started and not bool((losses.detach() > 0).all()):
-            task = labels[int(torch.nonzero(~(losses.detach() > 0)).flatten()[0])]
+        task = None if self.started else _first_not_positive(losses)
+        if task is not None:
             raise ValueError(
                 f"GradNorm divides each loss by its first value L_i(0), so the first losses "
-                f"must be > 0: task {task} has {float(losses[labels.index(task)])}"
+                f"must be > 0: task {labels[task]} has {float(losses[task])}"
             )
+        gradient_norms = self._gradient_norms(labels, values)  # may raise: nothing changed yet
         if not self.started:
             self.initial_losses = losses.detach().to(self.initial_losses).clone()
             self.started = True
