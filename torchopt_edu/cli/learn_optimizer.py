@@ -35,6 +35,17 @@ from torchopt_edu.learned.weights import save_net
 VALIDATION_SEED = 10_000
 
 
+#: The files the command writes under --out (training, then --evaluate).
+OUTPUTS = (
+    "checkpoint.pt",
+    "weights.pt",
+    "history.json",
+    "meta_loss.png",
+    "evaluation.json",
+    "held_out.png",
+)
+
+
 def build_parser() -> _common.Parser:
     """The argument parser of ``torchopt-edu learn-optimizer``."""
     parser = _common.Parser(
@@ -141,11 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         _common.require_matplotlib(parser)
     _common.check_outputs(parser, folders=[("--out", args.out)], files=[("--json", args.json)])
-    owned = ("checkpoint.pt", "weights.pt", "history.json", "meta_loss.png", "evaluation.json")
     _common.check_json_apart(
-        parser,
-        args.json,
-        [(f"the output {name}", args.out / name) for name in (*owned, "held_out.png")],
+        parser, args.json, [(f"the output {name}", args.out / name) for name in OUTPUTS]
     )
     if args.evaluate:
         _common.check_seed_range(parser, args.seed, args.seeds, "--seeds")
