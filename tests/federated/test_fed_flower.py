@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("flwr", reason="Flower is an optional extra: pip install torchopt-edu[fed]")
 pytest.importorskip("sklearn", reason="the digits data ships with scikit-learn")
 
-from torchopt_edu.federated import ClipUpdates, Scaffold, Simulation  # noqa: E402
+from torchopt_edu.federated import ClipUpdates, DPFedAvg, Scaffold, Simulation  # noqa: E402
 from torchopt_edu.federated.flower import (  # noqa: E402
     Experiment,
     FlowerStrategy,
@@ -287,3 +287,17 @@ def test_a_refused_server_step_is_recorded_and_the_round_goes_on():
     assert "refused" in strategy.history[-1]["refused"]
     for name, tensor in experiment.model.state_dict().items():
         assert torch.equal(tensor, start[name])
+
+
+def test_flower_refuses_a_dp_sample_rate_that_is_not_the_sampling_it_does():
+    """Flower samples m/K of the clients as Simulation does; epsilon for q = 0.01 while every
+    client trains every round would be several times too small."""
+    experiment = digits_experiment({"num-clients": 4})
+    dp = DPFedAvg(clip_norm=0.5, noise_multiplier=1.0, sample_rate=0.01)
+    with pytest.raises(ValueError, match=r"sample_rate=0.01 but the simulation samples 4 of 4"):
+        Experiment(experiment.model, experiment.clients, dp, experiment.train, fraction=1.0)
+    experiment.strategy = dp  # set after the experiment was built
+    with pytest.raises(ValueError, match=r"sample_rate=0.01 but the simulation samples 4 of 4"):
+        FlowerStrategy(experiment)
+    experiment.strategy = DPFedAvg(clip_norm=0.5, noise_multiplier=1.0, sample_rate=1.0)
+    FlowerStrategy(experiment)

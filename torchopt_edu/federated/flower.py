@@ -52,6 +52,7 @@ from torchopt_edu.federated.simulation import (
     Record,
     Simulation,
     check_rounds,
+    check_strategy_fits,
     client_seed,
     evaluate,
     reply_problem,
@@ -122,6 +123,7 @@ class Experiment:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
         if len(self.clients) == 0:
             raise ValueError("clients must not be empty")
+        check_strategy_fits(self.strategy, len(self.clients), self.fraction)
 
 
 ExperimentBuilder = Callable[[RunConfig], Experiment]
@@ -160,6 +162,8 @@ class FlowerStrategy(_FlowerStrategyBase):
     """
 
     def __init__(self, experiment: Experiment, timeout: float = 600.0) -> None:
+        # the experiment's fields may have been replaced since it was built
+        check_strategy_fits(experiment.strategy, len(experiment.clients), experiment.fraction)
         inner = experiment.strategy
         while isinstance(inner, StrategyWrapper):
             inner = inner.strategy
