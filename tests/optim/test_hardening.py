@@ -177,6 +177,94 @@ def test_a_gradient_with_other_strides_gets_torchs_numbers(case, layout, impl):
     assert_close_lists([mine], [theirs], torch.float64)
 
 
+FUSED_BY_DEFAULT = [
+    (ours.AdamWScheduleFree, dict(lr=0.01, warmup_steps=2)),
+    (ours.Prodigy, dict(weight_decay=0.01)),
+    (ours.Lion, dict(lr=0.01, weight_decay=0.1)),
+    (ours.AdamHD, dict(lr=0.01)),
+    (ours.Muon, dict(lr=0.01)),  # a 4-D weight goes to its AdamW companion
+]
+
+
+def _run_with_a_layout_change(make, before, after):
+    """Four steps on a conv weight laid out as ``before``, converted to ``after`` (what
+    ``model.to(memory_format=...)`` does) once the state exists; gradients in its layout."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(
+        torch.randn(4, 3, 2, 2, generator=generator, dtype=torch.float64).contiguous(
+            memory_format=before
+        )
+    )
+    optimizer = make([weight])
+    for k in range(4):
+        if k == 1:
+            weight.data = weight.data.contiguous(memory_format=after)
+        weight.grad = torch.sin(weight.detach() * (k + 1))  # sin keeps the layout
+        optimizer.step()
+    return weight.detach()
+
+
+LAYOUT_CHANGES = [
+    (torch.contiguous_format, torch.channels_last),
+    (torch.channels_last, torch.contiguous_format),
+]
+
+
+@pytest.mark.parametrize(("before", "after"), LAYOUT_CHANGES, ids=["to_cl", "from_cl"])
+@pytest.mark.parametrize("case", DENSE_TWINS, ids=TWIN_IDS)
+def test_a_layout_change_after_the_state_exists_gets_torchs_numbers(case, before, after):
+    """torch's fused kernels walk parameter, gradient and state as one layout; state made in
+    the old layout was paired with the wrong elements (0.28 off in Adam)."""
+    ours_cls, torch_cls, kwargs = case
+    mine = _run_with_a_layout_change(lambda ps: ours_cls(ps, **kwargs), before, after)
+    theirs = _run_with_a_layout_change(
+        lambda ps: torch_cls(ps, **kwargs, foreach=True), before, after
+    )
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize(("before", "after"), LAYOUT_CHANGES, ids=["to_cl", "from_cl"])
+@pytest.mark.parametrize("case", FUSED_BY_DEFAULT, ids=lambda c: c[0].__name__)
+def test_a_layout_change_gives_the_reference_loops_numbers(case, before, after):
+    cls, kwargs = case
+    default = _run_with_a_layout_change(lambda ps: cls(ps, **kwargs), before, after)
+    loop = _run_with_a_layout_change(lambda ps: cls(ps, **kwargs, foreach=False), before, after)
+    torch.testing.assert_close(default, loop, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", DENSE_TWINS, ids=TWIN_IDS)
+def test_a_strided_parameter_is_updated_whole_and_nothing_beside_it(case):
+    """A parameter that is every third entry of a tensor, with a gradient of its strides: the
+    fused kernel updated 3 of its 7 entries and wrote into the entries between them."""
+    ours_cls, torch_cls, kwargs = case
+    storage = torch.arange(1.0, 21.0, dtype=torch.float64)
+    mine = storage[::3].detach().requires_grad_()
+    theirs = _leaf(mine)
+    our_opt, torch_opt = ours_cls([mine], **kwargs), torch_cls([theirs], **kwargs)
+    gradient_storage = torch.linspace(-1, 1, 20, dtype=torch.float64)
+    mine.grad, theirs.grad = gradient_storage[::3], gradient_storage[::3].clone()
+    our_opt.step()
+    torch_opt.step()
+    torch.testing.assert_close(mine.detach(), theirs.detach(), rtol=0, atol=1e-15)
+    between = torch.ones(20, dtype=torch.bool)
+    between[::3] = False
+    assert torch.equal(storage[between], torch.arange(1.0, 21.0, dtype=torch.float64)[between])
+
+
+@pytest.mark.parametrize("case", DENSE_TWINS, ids=TWIN_IDS)
+def test_an_expanded_parameter_gets_torchs_refusal(case):
+    """Eight entries over one memory location: torch refuses to write them; the fused
+    kernel wrote past the end of the storage (a segfault for large expansions)."""
+    ours_cls, torch_cls, kwargs = case
+    for cls in (torch_cls, ours_cls):
+        storage = torch.zeros(1, dtype=torch.float64)
+        param = storage.expand(8).requires_grad_()
+        param.grad = torch.ones(1, dtype=torch.float64).expand(8)
+        with pytest.raises(RuntimeError, match="more than one element of the written-to"):
+            cls([param], **kwargs).step()
+        assert storage.item() == 0.0
+
+
 # ---------------------------------------------------------------------------------------
 # 3. flags as torch accepts them; a failed update changes no state
 

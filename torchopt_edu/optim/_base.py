@@ -638,10 +638,12 @@ class EduOptimizer(Optimizer):
     def _dispatch(self, bucket: Bucket, hyper: Hyper, impl: Impl) -> None:
         """Send tensors each to a path that is exact for them, then run the paths.
 
-        torch's fused kernels walk a parameter, its gradient and its state as if they had one
-        memory layout; a hand-assigned gradient with other strides (a transposed or
-        channels-last parameter) would be read in the wrong order, so such tensors take the
-        multi-tensor path, which follows each tensor's strides.
+        torch's fused kernels walk a parameter, its gradient and its state as one block of
+        memory in one layout; a gradient or a state tensor with other strides (a transposed
+        parameter's hand-assigned gradient, state made before ``model.to(memory_format=...)``)
+        would be paired with the wrong entries, and a parameter with gaps or repeats in its
+        memory (a strided slice, an expanded tensor) written outside itself. Such tensors
+        take the multi-tensor path, which follows each tensor's strides.
 
         torch's fused CPU kernels open a parallel region for every tensor, however small.
         For a 1000-element tensor the fork and join cost more than the arithmetic, and on a
@@ -654,14 +656,13 @@ class EduOptimizer(Optimizer):
             update(bucket, hyper)
             return
         # C-level maps: this runs every step over thousands of tensors, nearly all contiguous
-        if not (
-            all(map(Tensor.is_contiguous, bucket.params))
-            and all(map(Tensor.is_contiguous, bucket.grads))
-        ) and list(map(Tensor.stride, bucket.grads)) != list(map(Tensor.stride, bucket.params)):
-            same, other = bucket.split(
-                [g.stride() == p.stride() for g, p in zip(bucket.grads, bucket.params, strict=True)]
-            )
-            self.paths["foreach"](other, hyper)
+        streams = [bucket.params, bucket.grads] + [
+            bucket.state(key) for key, value in bucket.states[0].items() if type(value) is Tensor
+        ]
+        if not all(all(map(Tensor.is_contiguous, tensors)) for tensors in streams):
+            same, other = bucket.split(list(map(walks_as_one_layout, *streams)))
+            if other.params:
+                self.paths["foreach"](other, hyper)
             if not same.params:
                 return
             bucket = same
@@ -674,6 +675,33 @@ class EduOptimizer(Optimizer):
         if small.params:
             with single_intra_op_thread():
                 update(small, hyper)
+
+
+def walks_as_one_layout(param: Tensor, *tensors: Tensor) -> bool:
+    """Whether a fused kernel may walk ``param`` and ``tensors`` (its gradient and state) as one
+    block of memory: ``param`` dense without overlaps, and every tensor but 0-d ones (a step
+    counter, read as a number) with ``param``'s strides."""
+    return _dense(param) and all(t.stride() == param.stride() for t in tensors if t.dim() > 0)
+
+
+def _dense(tensor: Tensor) -> bool:
+    """Whether ``tensor``'s entries fill one block of memory, each once, in some order of its
+    dimensions (contiguous, channels-last, transposed; not a strided slice or an expansion)."""
+    if tensor.numel() == 0:
+        return True
+    extent = 1  # the memory the dimensions sorted so far cover
+    for size, stride in sorted(
+        (
+            (size, stride)
+            for size, stride in zip(tensor.shape, tensor.stride(), strict=True)
+            if size != 1
+        ),
+        key=operator.itemgetter(1),
+    ):
+        if stride != extent:
+            return False
+        extent *= size
+    return True
 
 
 def _move_steps_to(bucket: Bucket, device: torch.device) -> None:

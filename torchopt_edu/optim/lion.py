@@ -127,8 +127,15 @@ def lion_foreach(b: Bucket, h: LionHyper) -> None:
     for params, grads_piece, exp_avgs in pieces(streams, _base.CACHE_SLICE):
         signs = torch._foreach_lerp(exp_avgs, grads_piece, 1 - h.beta1)  # c
         torch._foreach_sign_(signs)
-        if h.weight_decay != 0 and fused_supported(params[0]):
-            # theta -= lr * (sign(c) + wd * theta): decay and step in one pass
+        if (
+            h.weight_decay != 0
+            and fused_supported(params[0])
+            and all(map(Tensor.is_contiguous, params))
+            and all(map(Tensor.is_contiguous, signs))
+        ):
+            # theta -= lr * (sign(c) + wd * theta): decay and step in one pass, which walks
+            # theta and sign(c) as one layout (c has the momentum's, made before a
+            # model.to(memory_format=...) perhaps)
             torch._fused_sgd_(
                 params,
                 signs,
