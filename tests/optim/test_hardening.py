@@ -7,6 +7,7 @@ the code before the fix.
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import threading
 import time
@@ -389,6 +390,71 @@ def test_flat_mode_refuses_a_duplicate_parameter_with_a_clear_message():
         pytest.raises(ValueError, match="parameter 1 .* is listed twice"),
     ):
         ours.SGD([param, param], lr=0.1, flat=True)
+
+
+def _train_three_steps(model, lr):
+    """A training function that builds its own optimizer, as many do."""
+    inputs = torch.linspace(-1, 1, 12).reshape(4, 3)
+    optimizer = ours.Adam(model.parameters(), lr=lr, flat=True)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(inputs).pow(2).mean().backward()
+        optimizer.step()
+
+
+def test_flat_mode_takes_a_model_whose_previous_flat_optimizer_is_gone():
+    """The first optimizer's buffer object died with it while the parameters kept its memory;
+    the second call read them as parameters a user had tied and refused the model."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    _train_three_steps(model, 1e-2)
+    gc.collect()
+    before = [p.detach().clone() for p in model.parameters()]
+    _train_three_steps(model, 1e-2)
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_flat_mode_still_refuses_parameters_tied_after_a_flat_optimizer():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    ours.SGD(model.parameters(), lr=0.1, flat=True)
+    model[1].weight.data = model[0].weight.data  # tied by the user
+    with pytest.raises(ValueError, match="parameter 2 .* shares memory with parameter 0"):
+        ours.SGD(model.parameters(), lr=0.1, flat=True)
+
+
+def test_flat_mode_refuses_parameters_in_shared_memory():
+    """Hogwild workers share the weights through shared memory; flat mode moved them into a
+    private buffer, silently."""
+    model = torch.nn.Linear(3, 2)
+    model.share_memory()
+    with pytest.raises(ValueError, match="parameter 0 .* is in shared memory"):
+        ours.SGD(model.parameters(), lr=0.1, flat=True)
+    assert all(p.is_shared() for p in model.parameters())
+    optimizer = ours.Adagrad(torch.nn.Linear(3, 2).parameters(), lr=0.1, flat=True)
+    with pytest.raises(ValueError, match="share_memory\\(\\) with flat=True"):
+        optimizer.share_memory()
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_flat_mode_copies_gradients_that_alias_each_others_slots(swap):
+    """``b.grad = a.grad`` (a view of a's slot) then ``a.grad = 10 a.grad``: copying a's new
+    gradient in first overwrote the numbers b's gradient still pointed at."""
+    results = []
+    for flat in (False, True):
+        a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+        optimizer = ours.SGD([a, b], lr=1.0, flat=flat)
+        for _ in range(2):
+            optimizer.zero_grad(set_to_none=False)
+            (a * torch.tensor([1.0, 2.0, 3.0]) + b * torch.tensor([4.0, 5.0, 6.0])).sum().backward()
+            if swap:
+                a.grad, b.grad = b.grad, a.grad
+            else:
+                b.grad = a.grad
+                a.grad = a.grad * 10
+            optimizer.step()
+        results.append((a.detach().clone(), b.detach().clone()))
+    for normal, flat in zip(*results, strict=True):
+        assert torch.equal(normal, flat)
 
 
 # ---------------------------------------------------------------------------------------

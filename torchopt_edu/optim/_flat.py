@@ -25,7 +25,6 @@ each own a slice of a buffer, so they are refused when the optimizer is built.
 from __future__ import annotations
 
 import operator
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,9 +37,15 @@ from torchopt_edu.optim._base import Bucket
 if TYPE_CHECKING:
     from torchopt_edu.optim._base import EduOptimizer
 
-#: The parameter buffers of every live flat optimizer, by storage address. Parameters that
-#: share one of these are slices of it, not views a user made, and may move to a new buffer.
-_LIVE_BUFFERS: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+#: The attribute flat mode sets on each parameter it makes a slice of a buffer: the slice's
+#: address. Parameters that share memory because they are such slices (of this optimizer's
+#: buffer or of one that is gone) may move to a new buffer; a parameter whose address has
+#: changed since (``.data`` reassigned, tied to another by a user) is not one.
+SLICE_ADDRESS = "_torchopt_edu_flat_slice_address"
+
+
+def _is_flat_slice(param: Tensor) -> bool:
+    return getattr(param, SLICE_ADDRESS, None) == param.data_ptr()
 
 
 @dataclass
@@ -79,14 +84,21 @@ class FlatGroup:
 
         Sparse, complex and integer parameters are refused, and so are parameters that share
         memory: the same tensor twice, or two views of one tensor (the buffer would hold two
-        copies of the shared numbers, and the step would update them differently).
+        copies of the shared numbers, and the step would update them differently), or memory
+        shared between processes (Hogwild workers would stop seeing each other's updates).
         """
         params = list(params)
-        for p in params:
+        for i, p in enumerate(params):
             if p.is_sparse or p.is_complex() or not p.is_floating_point():
                 raise ValueError(
                     f"flat=True supports dense real floating-point parameters, got {p.dtype}"
                     f"{' (sparse)' if p.is_sparse else ''} of shape {tuple(p.shape)}"
+                )
+            if p.is_shared():
+                raise ValueError(
+                    f"flat=True: parameter {i} (shape {tuple(p.shape)}) is in shared memory; "
+                    "flat mode would copy it into a private buffer and the processes sharing it "
+                    "would stop seeing each other's updates (use flat=False)"
                 )
         owners: dict[int, int] = {}
         for i, p in enumerate(params):
@@ -94,7 +106,7 @@ class FlatGroup:
                 continue
             storage = p.untyped_storage().data_ptr()
             first = owners.setdefault(storage, i)
-            if first == i or storage in _LIVE_BUFFERS:
+            if first == i or (_is_flat_slice(p) and _is_flat_slice(params[first])):
                 continue  # a parameter already in a flat buffer moves to the new one
             other = params[first]
             how = "is listed twice" if other is p else f"shares memory with parameter {first}"
@@ -116,13 +128,13 @@ class FlatGroup:
                 sizes = [p.numel() for p in params]
                 offsets = [sum(sizes[:i]) for i in range(len(sizes))]
                 param_buffer = torch.empty(sum(sizes), device=device, dtype=dtype)
-                _LIVE_BUFFERS[param_buffer.untyped_storage().data_ptr()] = param_buffer
                 grad_buffer = torch.zeros(sum(sizes), device=device, dtype=dtype)
                 slab = FlatSlab(params, offsets, param_buffer, grad_buffer, [], [])
                 for i, p in enumerate(params):
                     view = slab.view(param_buffer, i)
                     view.copy_(p)
                     p.data = view
+                    setattr(p, SLICE_ADDRESS, view.data_ptr())
                     slab.param_pointers.append(view.data_ptr())
                     slab.grad_views.append(slab.view(grad_buffer, i))
                 slabs.append(slab)
@@ -170,11 +182,21 @@ class FlatGroup:
             grads = [p.grad for p in slab.params]
             if all(map(operator.is_, grads, slab.grad_views)):
                 continue
-            for p, grad, view in zip(slab.params, grads, slab.grad_views, strict=True):
-                if grad is view:
-                    continue
-                if grad is None or grad.is_sparse:
-                    return False
+            moving = [
+                (p, grad, view)
+                for p, grad, view in zip(slab.params, grads, slab.grad_views, strict=True)
+                if grad is not view
+            ]
+            if any(grad is None or grad.is_sparse for _, grad, _ in moving):
+                return False
+            # a gradient may be another parameter's slot (b.grad = a.grad, or two swapped):
+            # read every such one before the first copy writes into the buffer
+            buffer = slab.grad_buffer.untyped_storage().data_ptr()
+            sources = [
+                grad.clone() if grad.untyped_storage().data_ptr() == buffer else grad
+                for _, grad, _ in moving
+            ]
+            for (p, _, view), grad in zip(moving, sources, strict=True):
                 view.copy_(grad)
                 p.grad = view
         return True

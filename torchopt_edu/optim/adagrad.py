@@ -99,7 +99,16 @@ class Adagrad(EduOptimizer):
             check_non_negative(name, options[name])
 
     def share_memory(self) -> None:
-        """Move the accumulators to shared memory (torch.optim.Adagrad's method)."""
+        """Move the accumulators to shared memory (torch.optim.Adagrad's method).
+
+        Not with ``flat=True``, which packs them into private buffers at the first step.
+        """
+        if self._flat:
+            raise ValueError(
+                "share_memory() with flat=True: flat mode packs the accumulators into its own "
+                "buffers at the first step, which the other processes would not see; use "
+                "flat=False to share them"
+            )
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["sum"].share_memory_()
