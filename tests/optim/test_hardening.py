@@ -613,3 +613,37 @@ def test_a_checkpoint_saved_with_the_default_path_loads_into_a_fused_optimizer()
     fused = ours.Adam([_leaf(params[0].detach())], fused=True)
     fused.load_state_dict(saved)
     assert fused.param_groups[0]["fused"] is None  # the checkpoint's options win, as in torch
+
+
+# ---------------------------------------------------------------------------------------
+# complex parameters: an accumulator starts at its value in both parts
+
+
+def test_complex_adagrad_starts_both_parts_of_its_accumulator_like_torch():
+    """torch starts the sum at complex(v, v); ours started the imaginary part at 0, whose
+    first step was then about 7x too large."""
+    start = torch.tensor([1 + 2j, -0.5 + 0.3j], dtype=torch.complex128)
+    results = []
+    for cls in (torch.optim.Adagrad, ours.Adagrad):
+        param = torch.nn.Parameter(start.clone())
+        optimizer = cls([param], lr=0.1, initial_accumulator_value=0.5)
+        for k in range(3):
+            param.grad = torch.full_like(start, 0.1 + 0.2j) * (k + 1)
+            optimizer.step()
+        results.append(param.detach())
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-15)
+
+
+def test_complex_yogi_is_yogi_on_the_pair_of_reals():
+    start = torch.tensor([1 + 2j, -0.5 + 0.3j], dtype=torch.complex128)
+    as_complex = torch.nn.Parameter(start.clone())
+    as_reals = torch.nn.Parameter(torch.view_as_real(start).clone())
+    optimizers = [
+        ours.Yogi([p], lr=0.1, initial_accumulator_value=0.3) for p in (as_complex, as_reals)
+    ]
+    for k in range(3):
+        as_complex.grad = torch.full_like(start, 0.01 + 0.02j) * (k + 1)
+        as_reals.grad = torch.view_as_real(as_complex.grad).clone()
+        for optimizer in optimizers:
+            optimizer.step()
+    torch.testing.assert_close(torch.view_as_real(as_complex.detach()), as_reals.detach())

@@ -279,6 +279,14 @@ def new_step_tensor(param: Tensor, on_param_device: bool) -> Tensor:
     return torch.zeros((), dtype=torch.float32, device=param.device if on_param_device else "cpu")
 
 
+def filled_like(param: Tensor, value: float) -> Tensor:
+    """A state tensor like ``param`` holding ``value`` in every entry: in both the real and the
+    imaginary part of a complex parameter, which is updated as a pair of reals (torch.optim's
+    ``complex(value, value)``)."""
+    fill = complex(value, value) if param.is_complex() else value
+    return torch.full_like(param, fill, memory_format=torch.preserve_format)
+
+
 _GRAD = operator.attrgetter("grad")
 _IS_SPARSE = operator.attrgetter("is_sparse")
 

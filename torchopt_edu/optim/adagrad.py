@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper
+from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, filled_like
 from torchopt_edu.optim._checks import check_lr, check_non_negative
 from torchopt_edu.optim._shared import directed_grad, directed_grads
 
@@ -115,9 +115,7 @@ class Adagrad(EduOptimizer):
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["step"] = self._new_step(param, group)
-        state["sum"] = torch.full_like(
-            param, group["initial_accumulator_value"], memory_format=torch.preserve_format
-        )
+        state["sum"] = filled_like(param, group["initial_accumulator_value"])
 
     def _fuse_blocker(self, group: dict[str, Any]) -> str | None:
         return None

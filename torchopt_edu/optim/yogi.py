@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper
+from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, filled_like
 from torchopt_edu.optim._checks import check_betas, check_lr, check_non_negative
 from torchopt_edu.optim._shared import directed_grad, directed_grads
 
@@ -95,9 +95,7 @@ class Yogi(EduOptimizer):
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["step"] = self._new_step(param, group)
         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.full_like(
-            param, group["initial_accumulator_value"], memory_format=torch.preserve_format
-        )
+        state["exp_avg_sq"] = filled_like(param, group["initial_accumulator_value"])
 
 
 # ---------------------------------------------------------------------------------------
