@@ -647,3 +647,42 @@ def test_complex_yogi_is_yogi_on_the_pair_of_reals():
         for optimizer in optimizers:
             optimizer.step()
     torch.testing.assert_close(torch.view_as_real(as_complex.detach()), as_reals.detach())
+
+
+# ---------------------------------------------------------------------------------------
+# an option that needs state turned on mid-run: refused before anything changes
+
+
+FLIPS = [
+    (ours.Adam, dict(lr=0.1, weight_decay=0.1), "amsgrad", True, "max_exp_avg_sq"),
+    (ours.AdamW, dict(lr=0.1), "amsgrad", True, "max_exp_avg_sq"),
+    (ours.RMSprop, dict(lr=0.1, weight_decay=0.1), "momentum", 0.9, "momentum_buffer"),
+    (ours.RMSprop, dict(lr=0.1), "centered", True, "grad_avg"),
+]
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [{}, dict(foreach=True), dict(foreach=False), dict(flat=True)],
+    ids=["default", "foreach", "loop", "flat"],
+)
+@pytest.mark.parametrize(("cls", "kwargs", "option", "value", "key"), FLIPS)
+def test_an_option_needing_state_turned_on_mid_run_changes_nothing(
+    cls, kwargs, option, value, key, impl
+):
+    """torch raises KeyError before any update; ours updated the moments (and with weight
+    decay the parameters) before it looked the missing state up."""
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    optimizer = cls(params, **kwargs, **impl)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    optimizer.param_groups[0][option] = value
+    state_before, params_before = _snapshot(optimizer), [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.full_like(p, 5.0)
+    with pytest.raises(KeyError, match=f"no state\\['{key}'\\] .* turned on after"):
+        optimizer.step()
+    _assert_same_snapshot(_snapshot(optimizer), state_before)
+    for p, before in zip(params, params_before, strict=True):
+        assert torch.equal(p.detach(), before)

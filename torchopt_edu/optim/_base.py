@@ -105,7 +105,14 @@ class Bucket:
         """The list of state tensors ``state[key]`` (viewed as real for complex parameters)."""
         views = self._views.get(key)
         if views is None:
-            tensors = [state[key] for state in self.states]
+            try:
+                tensors = [state[key] for state in self.states]
+            except KeyError:
+                raise KeyError(
+                    f"no state[{key!r}] for some parameters: an option that needs it (amsgrad, "
+                    "momentum, centered) was turned on after their first step, which "
+                    "torch.optim refuses too; set it back, or start a new optimizer"
+                ) from None
             if self.is_complex:  # "step" and other real state stay as they are
                 tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
             views = tensors

@@ -216,14 +216,13 @@ def adam_loop(b: Bucket, h: AdamHyper) -> None:
 def adam_foreach(b: Bucket, h: AdamHyper) -> None:
     """The same update as :func:`adam_loop` with one multi-tensor kernel per line."""
     exp_avgs, exp_avg_sqs = b.state("exp_avg"), b.state("exp_avg_sq")
+    second_moments = b.state("max_exp_avg_sq") if h.amsgrad else exp_avg_sqs
     decay_weights_(b.params, h.lr, h.decoupled)
     grads = directed_grads(b.grads, b.params, h.maximize, h.l2)
     torch._foreach_lerp_(exp_avgs, grads, 1 - h.beta1)
     torch._foreach_mul_(exp_avg_sqs, h.beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - h.beta2)
-    second_moments = exp_avg_sqs
     if h.amsgrad:
-        second_moments = b.state("max_exp_avg_sq")
         torch._foreach_maximum_(second_moments, exp_avg_sqs)
     t = [step.item() for step in b.steps]
     neg_step_sizes = [-h.lr / (1 - h.beta1**ti) for ti in t]

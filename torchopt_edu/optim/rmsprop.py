@@ -167,11 +167,12 @@ def rmsprop_loop(b: Bucket, h: RMSpropHyper) -> None:
 def rmsprop_foreach(b: Bucket, h: RMSpropHyper) -> None:
     """The same update as :func:`rmsprop_loop` with one multi-tensor kernel per line."""
     square_avgs = b.state("square_avg")
+    grad_avgs = b.state("grad_avg") if h.centered else []  # looked up before anything changes
+    buffers = b.state("momentum_buffer") if h.momentum > 0 else []
     grads = directed_grads(b.grads, b.params, h.maximize, h.weight_decay)
     torch._foreach_mul_(square_avgs, h.alpha)
     torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - h.alpha)
     if h.centered:
-        grad_avgs = b.state("grad_avg")
         torch._foreach_lerp_(grad_avgs, grads, 1 - h.alpha)
         denom = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
         torch._foreach_sqrt_(denom)
@@ -179,7 +180,6 @@ def rmsprop_foreach(b: Bucket, h: RMSpropHyper) -> None:
         denom = torch._foreach_sqrt(square_avgs)
     torch._foreach_add_(denom, h.eps)
     if h.momentum > 0:
-        buffers = b.state("momentum_buffer")
         torch._foreach_mul_(buffers, h.momentum)
         torch._foreach_addcdiv_(buffers, grads, denom)
         torch._foreach_add_(b.params, buffers, alpha=-h.lr)
@@ -190,7 +190,8 @@ def rmsprop_foreach(b: Bucket, h: RMSpropHyper) -> None:
 def rmsprop_fused(b: Bucket, h: RMSpropHyper) -> None:
     """Plain RMSprop as torch's fused Adam kernel (see the class docstring): one pass."""
     # Adam with beta1 = 0 and both bias corrections 1 - beta^inf = 1 is exactly RMSprop:
-    # m = g (written into the gradient buffer, which already holds g), v = square_avg.
+    # m = g (written into the gradient buffer, which already holds g: the same numbers, but
+    # an infinite entry comes back NaN, as the parameter's does), v = square_avg.
     no_bias_correction = torch.full((), math.inf, device=b.device)
     torch._fused_adam_(
         b.params,
