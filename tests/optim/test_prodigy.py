@@ -276,7 +276,7 @@ def test_a_checkpoint_with_a_wrong_statistics_shape_is_refused_unchanged():
     [
         (dict(lr=-1.0), ValueError, "Invalid learning rate: lr=-1.0"),
         (dict(betas=(1.0, 0.9)), ValueError, r"betas\[0\]=1.0"),
-        (dict(beta3=1.0), ValueError, "Invalid beta3 value: 1.0"),
+        (dict(beta3=1.0), ValueError, r"beta3 must lie in \[0.0, 1.0\), got 1.0"),
         (dict(eps=0.0), ValueError, r"eps must lie in \(0.0, inf\), got 0.0"),
         (dict(weight_decay=-0.1), ValueError, "Invalid weight_decay value: -0.1"),
         (dict(d0=0.0), ValueError, r"d0 must lie in \(0.0, inf\), got 0.0"),
@@ -465,3 +465,17 @@ def test_betas_given_as_one_tensor_step_like_a_tuple():
             optimizer.step()
         results.append(torch.cat([a.detach(), b.detach()]))
     assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize(
+    ("beta3", "error", "message"),
+    [
+        (torch.tensor(0.9), TypeError, "beta3 must be a real number"),
+        (1.0, ValueError, r"beta3 must lie in \[0.0, 1.0\)"),
+        (-0.1, ValueError, r"beta3 must lie in \[0.0, 1.0\)"),
+    ],
+)
+def test_a_beta3_that_is_not_a_rate_is_refused_when_built(beta3, error, message):
+    """A 0-d tensor passed the range check, then the first step failed iterating over it."""
+    with pytest.raises(error, match=message):
+        Prodigy([torch.nn.Parameter(torch.ones(2))], beta3=beta3)

@@ -65,8 +65,10 @@ class Muon(EduOptimizer):
     or :math:`0.2\sqrt{\max(A, B)}` (``"match_rms_adamw"``, Moonshot's, which lets Muon reuse
     AdamW's learning rate and weight decay). The per-tensor loop gives exactly
     torch.optim.Muon's numbers; the default path stacks same-shape matrices into one batched
-    Newton-Schulz, whose bfloat16 products may round one element differently (one bf16 ulp,
-    seen as ~1e-10 in float64 parameters after a dozen steps). State key ``momentum_buffer``;
+    Newton-Schulz, whose bfloat16 products may round an element differently (one bf16 ulp of
+    the update, which moves that entry by up to lr times 2^-8 of the update's size: about 1e-4
+    in float64 parameters after 30 steps in a test with 8 matrices; the loop,
+    ``foreach=False``, is bit-exact). State key ``momentum_buffer``;
     torch.optim.Muon's state dicts load here. An empty matrix (a dimension of 0) is left as it
     is (torch.optim.Muon divides by zero).
 

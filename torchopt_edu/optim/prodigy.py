@@ -13,7 +13,6 @@ from torch import Tensor
 from torchopt_edu.optim._base import Bucket, EduOptimizer, Hyper, Impl, _Plan
 from torchopt_edu.optim._checks import (
     as_float,
-    check_beta,
     check_betas,
     check_flag,
     check_int,
@@ -210,8 +209,8 @@ class Prodigy(EduOptimizer):
         estimate of d: positive and finite, a step count ``k``, a finite numerator."""
         check_lr(options["lr"])
         check_betas(options["betas"])
-        if options["beta3"] is not None:
-            check_beta("beta3", options["beta3"])
+        if options["beta3"] is not None:  # a number, as prodigyopt takes it
+            check_number("beta3", options["beta3"], 0.0, 1.0, open_high=True)
         check_number("eps", options["eps"], 0.0, open_low=True)
         check_non_negative("weight_decay", options["weight_decay"])
         check_number("d0", options["d0"], 0.0, open_low=True)
