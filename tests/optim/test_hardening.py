@@ -6,6 +6,7 @@ the code before the fix.
 
 from __future__ import annotations
 
+import collections
 import copy
 import gc
 import io
@@ -686,3 +687,62 @@ def test_an_option_needing_state_turned_on_mid_run_changes_nothing(
     _assert_same_snapshot(_snapshot(optimizer), state_before)
     for p, before in zip(params, params_before, strict=True):
         assert torch.equal(p.detach(), before)
+
+
+# ---------------------------------------------------------------------------------------
+# flat mode: state a user resets or replaces between steps
+
+
+def _reset_everything(optimizer, params):
+    optimizer.state.clear()
+
+
+def _forget_the_weight(optimizer, params):
+    del optimizer.state[params[0]]
+
+
+def _zero_a_moment_by_replacement(optimizer, params):
+    optimizer.state[params[0]]["exp_avg"] = torch.zeros_like(params[0])
+
+
+def _replace_a_parameters_state(optimizer, params):
+    old = optimizer.state[params[1]]
+    optimizer.state[params[1]] = {key: value.clone() * 0.5 for key, value in old.items()}
+
+
+def _new_state_mapping(optimizer, params):
+    optimizer.state = collections.defaultdict(dict)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _reset_everything,
+        _forget_the_weight,
+        _zero_a_moment_by_replacement,
+        _replace_a_parameters_state,
+        _new_state_mapping,
+    ],
+)
+def test_flat_mode_steps_with_the_state_a_user_put_in_place(edit):
+    """Packed flat mode kept stepping its old buffers after the state was cleared or its
+    tensors replaced (0.10 to 0.51 off torch.optim)."""
+    inputs = torch.linspace(-1, 1, 24, dtype=torch.float64).reshape(8, 3)
+    results = []
+    for make in (
+        lambda ps: torch.optim.Adam(ps, lr=0.1),
+        lambda ps: ours.Adam(ps, lr=0.1, flat=True),
+    ):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2).double()
+        params = list(model.parameters())
+        optimizer = make(params)
+        for k in range(6):
+            optimizer.zero_grad()
+            model(inputs).pow(2).sum().backward()
+            optimizer.step()
+            if k == 2:
+                edit(optimizer, params)
+        results.append([p.detach().clone() for p in params])
+    for theirs, mine in zip(*results, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-13)

@@ -435,6 +435,14 @@ class EduOptimizer(Optimizer):
             for flat_group in self._flat_groups:
                 flat_group.adopt_state(self.state)
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict; in flat mode each parameter's state as a plain dict (the
+        watched one flat mode keeps is not a class ``torch.load(weights_only=True)`` reads)."""
+        state_dict = super().state_dict()
+        if self._flat:
+            state_dict["state"] = {key: dict(value) for key, value in state_dict["state"].items()}
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load like torch.optim, after checking every state tensor against its parameter.
 
@@ -505,6 +513,8 @@ class EduOptimizer(Optimizer):
         plans = [self._plan(index, group) for index, group in enumerate(self.param_groups)]
         # every group's record before any update: an option that cannot step changes nothing
         hypers = [self._hyper(plan.group) for plan in plans]
+        if self._flat:
+            self._watch_flat_state()
         for index, (plan, hyper) in enumerate(zip(plans, hypers, strict=True)):
             if self._flat:
                 flat_group = self._flat_groups[index]
@@ -514,7 +524,22 @@ class EduOptimizer(Optimizer):
                     flat_group.after_fast_step()
                     continue
             self._step_planned(plan, hyper)
+        if self._flat:
+            self.state.changed = False  # this step's own changes
         return loss
+
+    def _watch_flat_state(self) -> None:
+        """Pack the flat buffers again if the state has changed since the last step (the user
+        cleared it, deleted or replaced a tensor, or set a new ``self.state``)."""
+        from torchopt_edu.optim._flat import FlatGroup, WatchedStates
+
+        if isinstance(self.state, WatchedStates) and not self.state.changed:
+            return
+        for flat_group in self._flat_groups:
+            for slab in flat_group.slabs:
+                FlatGroup.unpack(slab)
+        if not isinstance(self.state, WatchedStates):
+            self.state = WatchedStates(dict, self.state)
 
     def _plan(self, index: int, group: dict[str, Any]) -> _Plan:
         """Gather the group's parameters with gradients; raise if the step must be refused."""

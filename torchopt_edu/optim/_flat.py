@@ -25,7 +25,8 @@ each own a slice of a buffer, so they are refused when the optimizer is built.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,72 @@ SLICE_ADDRESS = "_torchopt_edu_flat_slice_address"
 
 def _is_flat_slice(param: Tensor) -> bool:
     return getattr(param, SLICE_ADDRESS, None) == param.data_ptr()
+
+
+_MUTATORS = (
+    "__setitem__",
+    "__delitem__",
+    "__ior__",
+    "clear",
+    "pop",
+    "popitem",
+    "setdefault",
+    "update",
+)
+
+
+def _noting_changes(cls: type) -> type:
+    """Class decorator: every method of ``dict`` that changes the entries first notes it."""
+
+    def noting(method: Callable[..., Any]) -> Callable[..., Any]:
+        def changed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            self.note_change()
+            return method(self, *args, **kwargs)
+
+        return changed
+
+    for name in _MUTATORS:
+        setattr(cls, name, noting(getattr(dict, name)))
+    return cls
+
+
+@_noting_changes
+class WatchedStates(defaultdict):  # type: ignore[type-arg]
+    """``optimizer.state`` in flat mode: notes (``changed``) any change to which state a
+    parameter has, and to the entries of a packed parameter's state (a tensor replaced, a key
+    or a parameter deleted, all cleared), so that the next step packs the buffers again from
+    what the user put in place. Changing a state tensor in place needs nothing: it is a view
+    of the buffer."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.changed = False
+
+    def note_change(self) -> None:
+        """Mark the packing stale."""
+        self.changed = True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled and copied as the plain defaultdict torch.optim keeps: a copy's packing is
+        # its own, and its first flat step watches the copy again
+        return defaultdict, (self.default_factory,), None, None, iter(self.items())
+
+
+@_noting_changes
+class WatchedState(dict):  # type: ignore[type-arg]
+    """One packed parameter's state; a change to it is noted on the mapping that holds it."""
+
+    def __init__(self, entries: dict[str, Any], owner: WatchedStates) -> None:
+        super().__init__(entries)
+        self.owner = owner
+
+    def note_change(self) -> None:
+        """Mark the owner's packing stale."""
+        self.owner.note_change()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled and copied as a plain dict (see WatchedStates.__reduce__)
+        return dict, (dict(self),)
 
 
 @dataclass
@@ -254,6 +321,12 @@ class FlatGroup:
             if slab.step_buffer is not None:
                 slab.step_buffer.fill_(slab.flat_state["step"])
 
+    @staticmethod
+    def unpack(slab: FlatSlab) -> None:
+        """Forget ``slab``'s packed state: the next step packs it again from the parameters'."""
+        slab.flat_state = {}
+        slab.step_buffer = None
+
     def adopt_state(self, state: dict[Tensor, dict[str, Any]]) -> None:
         """Pack the per-parameter state tensors into flat buffers and point the state at views.
 
@@ -262,10 +335,12 @@ class FlatGroup:
         """
         with torch.no_grad():
             for slab in self.slabs:
-                slab.flat_state = {}
-                slab.step_buffer = None
+                self.unpack(slab)
                 if not all(state.get(p) for p in slab.params):
                     continue
+                if isinstance(state, WatchedStates):
+                    for p in slab.params:
+                        state[p] = WatchedState(state[p], state)
                 for key, value in state[slab.params[0]].items():
                     if not isinstance(value, Tensor):
                         continue
