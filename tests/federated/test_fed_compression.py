@@ -22,6 +22,20 @@ def test_top_k_keeps_the_largest_magnitudes_and_counts_values_and_indices():
     assert nbytes == 2 * (4 + 4)  # k = ceil(0.4 * 5) = 2 float32 values and int32 indices
 
 
+@pytest.mark.parametrize(
+    ("ratio", "n", "k"),
+    [(0.07, 100, 7), (0.55, 100, 55), (0.17, 10000, 1700), (0.07, 101, 8), (0.001, 10, 1)],
+)
+def test_top_k_sends_the_ceiling_of_the_ratio_as_written_times_n(ratio, n, k):
+    """In floats 0.07 * 100 = 7.000000000000001 (0.55 * 100 and 0.17 * 10000 overshoot too):
+    k is the ceiling of the exact product, 7, not 8."""
+    update = {"w": torch.arange(1.0, n + 1), "d": torch.zeros(0, dtype=torch.float64)}
+    decoded, nbytes = TopK(ratio, error_feedback=False).compress(0, update)
+    assert int(decoded["w"].count_nonzero()) == k
+    assert torch.equal(decoded["w"][-k:], update["w"][-k:])  # the k largest
+    assert nbytes == k * (8 + 4)  # float64 values (the common dtype), int32 indices
+
+
 def test_error_feedback_sends_what_was_dropped_later_and_loses_nothing():
     compressor = TopK(ratio=0.25)
     updates = [torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.zeros(4), torch.zeros(4)]
@@ -65,6 +79,28 @@ def test_state_dict_round_trip_and_bad_states():
         TopK(ratio=0.0)
     with pytest.raises(ValueError, match="bits"):
         QSGD(bits=1)
+
+
+def test_a_compressor_loads_only_a_state_of_its_own_kind():
+    """A QSGD state ('memory' and 'calls') is not a TopK state, nor the reverse; a refused
+    state changes nothing."""
+    update = {"w": torch.randn(20)}
+    qsgd, top_k = QSGD(error_feedback=True), TopK(0.1)
+    qsgd.compress(1, update)
+    top_k.compress(2, update)
+    memory = top_k.state_dict()
+    with pytest.raises(
+        ValueError, match=r"a TopK state has the keys \['memory'\], got \['memory', 'calls'\]"
+    ):
+        top_k.load_state_dict(qsgd.state_dict())
+    with pytest.raises(ValueError, match="a QSGD state needs a 'calls' dict"):
+        qsgd.load_state_dict(top_k.state_dict())
+    with pytest.raises(
+        ValueError, match=r"QSGD state has the keys \['memory', 'calls'\], got \[.*'extra'\]"
+    ):
+        qsgd.load_state_dict({**qsgd.state_dict(), "extra": 1})
+    assert list(top_k.memory) == [2] and torch.equal(top_k.memory[2], memory["memory"][2])
+    assert list(qsgd.memory) == [1] and qsgd.calls == {1: 1}
 
 
 @pytest.fixture(scope="module")

@@ -431,6 +431,33 @@ def test_fedopt_repr_names_the_factory_and_its_options():
     )
 
 
+def _server_sgd(params):
+    return SGD(params, lr=1.0)
+
+
+def _server_sgd_at(lr, params):
+    return SGD(params, lr=lr)
+
+
+class _Plain:
+    """A factory object with object's default repr (which holds a memory address)."""
+
+    def __call__(self, params, lr=1.0):
+        return SGD(params, lr=lr)
+
+
+def test_fedopt_repr_identifies_any_factory_without_a_memory_address():
+    """A checkpoint records the strategy's repr and a resumed run must match it: an address
+    (``<function _server_sgd at 0x...>``) would differ in every process."""
+    assert repr(FedOpt(_server_sgd)) == "FedOpt(_server_sgd)"
+    assert repr(FedOpt(_Plain())) == "FedOpt(_Plain)"
+    assert repr(FedOpt(functools.partial(_Plain(), lr=0.5))) == "FedOpt(_Plain(lr=0.5))"
+    lambda_repr = repr(FedOpt(lambda params: SGD(params, lr=1.0)))
+    assert lambda_repr.endswith(".<locals>.<lambda>)") and "0x" not in lambda_repr
+    # a partial's positional arguments are settings too
+    assert repr(FedOpt(functools.partial(_server_sgd_at, 0.5))) == "FedOpt(_server_sgd_at(0.5))"
+
+
 def test_errors_name_the_clients_by_their_ids_and_the_server_leaves_no_gradients():
     model = _model(2)
     results = _results(model, _random_deltas(model, 2, seed=0), [1, 1])
@@ -469,3 +496,88 @@ def test_every_optimizer_of_the_package_works_as_the_server_optimizer(name):
         deltas = _random_deltas(model, 3, seed=31 + round_)
         strategy.aggregate_fit(model, _results(model, deltas, weights))
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
+def _flower_adam_by_hand(w, gradients, lr, betas, tau):
+    """Flower's FedAdam as strategy.py documents it: corrected with t + 1, tau on sqrt(v)."""
+    beta1, beta2 = betas
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    for t, delta in enumerate(gradients, start=1):  # t: Flower's server_round
+        m = beta1 * m + (1 - beta1) * delta
+        v = beta2 * v + (1 - beta2) * delta**2
+        eta_t = lr * math.sqrt(1 - beta2 ** (t + 1)) / (1 - beta1 ** (t + 1))
+        w = w - eta_t * m / (v.sqrt() + tau)
+    return w
+
+
+def _flower_yogi_by_hand(w, gradients, lr, betas, tau):
+    """Flower's FedYogi as documented: no bias correction, v starts at 0."""
+    beta1, beta2 = betas
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    for delta in gradients:
+        m = beta1 * m + (1 - beta1) * delta
+        v = v - (1 - beta2) * torch.sign(v - delta**2) * delta**2
+        w = w - lr * m / (v.sqrt() + tau)
+    return w
+
+
+def _flower_adagrad_by_hand(w, gradients, lr, tau):
+    """Flower's FedAdagrad as documented: v starts at 0."""
+    v = torch.zeros_like(w)
+    for delta in gradients:
+        v = v + delta**2
+        w = w - lr * delta / (v.sqrt() + tau)
+    return w
+
+
+@pytest.mark.parametrize(
+    ("name", "ours", "flower_by_hand", "ours_by_hand", "options"),
+    [
+        ("FedAdam", FedAdam, _flower_adam_by_hand, _adam_by_hand, {"betas": (0.8, 0.95)}),
+        ("FedYogi", FedYogi, _flower_yogi_by_hand, _yogi_by_hand, {"betas": (0.8, 0.95)}),
+        ("FedAdagrad", FedAdagrad, _flower_adagrad_by_hand, _adagrad_by_hand, {}),
+    ],
+)
+def test_flowers_adaptive_strategies_step_as_the_module_docstring_says(
+    name, ours, flower_by_hand, ours_by_hand, options
+):
+    """strategy.py documents how Flower's FedAdam, FedYogi and FedAdagrad differ from ours;
+    Flower's own strategy, fed the same pseudo-gradients, follows that formula, and ours
+    (its formula tested above) ends elsewhere."""
+    flwr = pytest.importorskip("flwr.server.strategy", reason="needs flwr")
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    model = _model(3)
+    names = list(model.state_dict())
+    lr, tau = 0.05, 1e-2
+    flwr_options = {f"beta_{i + 1}": b for i, b in enumerate(options.get("betas", ()))}
+    flower = getattr(flwr, name)(
+        initial_parameters=ndarrays_to_parameters([t.numpy() for t in model.state_dict().values()]),
+        eta=lr,
+        tau=tau,
+        **flwr_options,
+    )
+    strategy = ours(lr=lr, tau=tau, **options)
+    start = {k: t.clone() for k, t in model.state_dict().items()}
+    gradients = []
+    for round_ in (1, 2):
+        deltas = _random_deltas(model, 3, seed=round_)
+        weights = [5, 2, 9]
+        gradients.append(_pseudo_gradient(deltas, weights))
+        strategy.aggregate_fit(model, _results(model, deltas, weights))
+        replies = []  # Flower's clients: its global model minus the same deltas
+        for delta, n in zip(deltas, weights, strict=True):
+            arrays = [
+                w - delta[k].numpy() for k, w in zip(names, flower.current_weights, strict=True)
+            ]
+            replies.append(
+                (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {}))
+            )
+        flower_state = parameters_to_ndarrays(flower.aggregate_fit(round_, replies, [])[0])
+    for k, got in zip(names, flower_state, strict=True):
+        w = start[k]
+        flower_expected = flower_by_hand(w, [g[k] for g in gradients], lr, tau=tau, **options)
+        ours_expected = ours_by_hand(w, [g[k] for g in gradients], lr, tau=tau, **options)
+        torch.testing.assert_close(torch.from_numpy(got), flower_expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(model.state_dict()[k], ours_expected, rtol=0, atol=1e-12)
+        assert (flower_expected - ours_expected).abs().max() > 1e-4

@@ -212,7 +212,8 @@ def build_parser() -> _common.Parser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help=f"continue from OUT/{CHECKPOINT} up to --rounds rounds in all",
+        help=f"continue from OUT/{CHECKPOINT} up to --rounds rounds in all (same --seed, "
+        "--clients, --fraction, strategy and compression options as the saved run)",
     )
     parser.add_argument(
         "--threads", type=positive_int, help="torch threads per process (default: by model size)"

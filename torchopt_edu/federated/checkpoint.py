@@ -5,8 +5,13 @@ A checkpoint holds what the next round depends on: the global model, the strateg
 completed rounds and the history. Client sampling, local training, attacks and faults draw
 their randomness from ``(seed, round, client)`` alone (NumPy ``SeedSequence``), so the seed and
 the round number are the whole random state: a run resumed after round ``k`` ends bit-identical
-to an uninterrupted one. The run's identity (seed, number of clients, fraction, strategy) is
-stored too, and a checkpoint of another run is refused.
+to an uninterrupted one. The run's identity is stored too: the seed, the number of clients, the
+fraction, and the ``repr`` of the strategy and of the compressor, which lists their settings
+(nested strategies, a server optimizer's learning rate and betas, DP's noise and seed, top-k's
+ratio). A checkpoint of another run, or of this run with other settings, is refused, naming
+what differs: a resumed run must step exactly as the saved one would have (a server
+optimizer's loaded state would otherwise bring back the saved learning rate under a new name).
+Version 2 of the format added the settings; a version-1 checkpoint is refused.
 
 Saving writes ``path.tmp``, flushes it to disk and renames it over ``path`` (``os.replace`` is
 atomic), after moving the previous checkpoint to ``path.prev``: a crash at any moment leaves a
@@ -29,7 +34,7 @@ from torch import Tensor
 from torchopt_edu.federated.aggregate import InvalidUpdateError, check_update
 
 FORMAT = "torchopt-edu federated checkpoint"
-VERSION = 1
+VERSION = 2
 KEYS = {"format", "version", "run", "round", "model", "strategy", "compressor", "history"}
 
 
@@ -60,7 +65,8 @@ def read_checkpoint(
 
     Raises:
         CheckpointError: unreadable, damaged (a stored checksum does not match), not a
-            checkpoint, of another run or another model, a NaN or infinity in the server or
+            checkpoint, of another version, of another run (a ``run`` entry differs: the
+            strategy's settings, say) or another model, a NaN or infinity in the server or
             compressor state, or inconsistent (a history whose length is not the round).
     """
     _check_checksums(path)
@@ -75,18 +81,22 @@ def read_checkpoint(
         ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT}")
-    if state.get("version") != VERSION or set(state) != KEYS:
+    if state.get("version") != VERSION:
         raise CheckpointError(
-            f"{path}: expected version {VERSION} with keys {sorted(KEYS)}, got version "
-            f"{state.get('version')!r} with keys {sorted(state)}"
+            f"{path} is a checkpoint of version {state.get('version')!r}; this torchopt-edu reads "
+            f"version {VERSION} (since version 2 a checkpoint records the settings of the "
+            "strategy and the compressor): resume it with the torchopt-edu that wrote it, or "
+            "start a new run"
         )
+    if set(state) != KEYS:
+        raise CheckpointError(f"{path}: expected the keys {sorted(KEYS)}, got {sorted(state)}")
     if not isinstance(state["run"], dict):
         raise CheckpointError(f"{path}: 'run' must be a dict, got {type(state['run']).__name__}")
     for key, expected in run.items():
         if state["run"].get(key) != expected:
             raise CheckpointError(
                 f"{path} belongs to another run: {key} is {state['run'].get(key)!r} there, "
-                f"{expected!r} here"
+                f"{expected!r} here; resume with the settings it was saved with"
             )
     try:
         check_update(state["model"], model_state, "checkpoint")

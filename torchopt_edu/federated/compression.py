@@ -6,8 +6,9 @@ entries, flattened into one vector of ``n`` numbers), and the server aggregates
 round. Two codes:
 
 * :class:`TopK` keeps the ``k = ceil(ratio * n)`` entries of largest magnitude (Aji and
-  Heafield 2017; Lin et al. 2018, "Deep Gradient Compression") and sends them as ``k`` values
-  and ``k`` int32 indices;
+  Heafield 2017; Lin et al. 2018, "Deep Gradient Compression"), ``ratio`` taken as the decimal
+  it is written as (``0.07`` of 100 entries is 7), and sends them as ``k`` values and ``k``
+  int32 indices;
 * :class:`QSGD` quantises each bucket ``v`` of ``bucket_size`` entries stochastically to
   ``s = 2^(bits-1) - 1`` levels of ``||v||_2`` (Alistarh et al. 2017, "QSGD")::
 
@@ -33,7 +34,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from fractions import Fraction
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,6 +76,9 @@ class UpdateCompressor:
     ``e_k`` to its next update (see the module docstring).
     """
 
+    #: the keys of :meth:`state_dict`, which :meth:`load_state_dict` needs exactly
+    state_keys: ClassVar[tuple[str, ...]] = ("memory",)
+
     def __init__(self, error_feedback: bool) -> None:
         self.error_feedback = check_flag("error_feedback", error_feedback)
         self.memory: dict[int, Tensor] = {}  # client id -> e_k
@@ -104,25 +109,37 @@ class UpdateCompressor:
         return {"memory": {cid: e.clone() for cid, e in self.memory.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s memory; ``ValueError`` (nothing changed) if not one."""
-        memory = state.get("memory") if isinstance(state, Mapping) else None
-        if not isinstance(memory, Mapping) or set(state) - {"memory", "calls"}:
-            raise ValueError(f"a compressor state needs a 'memory' dict, got {state!r:.200}")
+        """Restore :meth:`state_dict`'s memory; ``ValueError`` (nothing changed) unless
+        ``state`` has exactly :attr:`state_keys` (another compressor's state is refused)."""
+        if not isinstance(state, Mapping) or set(state) != set(self.state_keys):
+            got = list(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                f"a {type(self).__name__} state has the keys {list(self.state_keys)}, got {got}"
+            )
+        memory = state["memory"]
+        if not isinstance(memory, Mapping):
+            raise ValueError(f"a compressor state needs a 'memory' dict, got {memory!r:.200}")
         for cid, residual in memory.items():
             check_int("client id", cid, 0)
             if not isinstance(residual, Tensor) or residual.dim() != 1:
                 raise ValueError(f"client {cid}: the error memory must be a 1-D tensor")
         self.memory = {int(cid): residual.clone() for cid, residual in memory.items()}
 
+    def __repr__(self) -> str:
+        """The class and its settings (a resumed run must have its checkpoint's repr)."""
+        return f"{type(self).__name__}(error_feedback={self.error_feedback})"
+
 
 class TopK(UpdateCompressor):
-    """Top-k sparsification: send the ``ceil(ratio * n)`` largest-magnitude entries.
+    """Top-k sparsification: send the ``k = ceil(ratio * n)`` largest-magnitude entries.
 
     Args:
         ratio: the fraction of entries sent, in ``(0, 1]`` (``0.01``: 1%).
         error_feedback: keep what was not sent and add it to the client's next update (on by
             default: without it, top-k at 1% loses most of the update).
 
+    ``ratio * n`` is the exact product of ``n`` and the decimal ``ratio`` is written as (its
+    shortest repr): in floats ``0.07 * 100`` is ``7.000000000000001``, whose ceiling is 8.
     Bytes: ``k`` values (the update's element size) and ``k`` int32 indices.
     """
 
@@ -132,7 +149,7 @@ class TopK(UpdateCompressor):
 
     def encode(self, cid: int, vector: Tensor) -> tuple[Tensor, int]:
         """Zero all but the ``k`` entries of largest magnitude."""
-        k = max(1, math.ceil(self.ratio * vector.numel()))
+        k = max(1, math.ceil(Fraction(repr(self.ratio)) * vector.numel()))
         kept = vector.abs().topk(k, sorted=False).indices
         decoded = torch.zeros_like(vector)
         decoded[kept] = vector[kept]
@@ -155,6 +172,8 @@ class QSGD(UpdateCompressor):
 
     Bytes: ``ceil(n * bits / 8)`` plus 4 per bucket.
     """
+
+    state_keys: ClassVar[tuple[str, ...]] = ("memory", "calls")
 
     def __init__(
         self,
@@ -198,7 +217,8 @@ class QSGD(UpdateCompressor):
         return {**super().state_dict(), "calls": dict(self.calls)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s memory and counts."""
+        """Restore :meth:`state_dict`'s memory and counts; ``ValueError`` (nothing changed)
+        if it is not a QSGD state."""
         calls = state.get("calls") if isinstance(state, Mapping) else None
         if not isinstance(calls, Mapping):
             raise ValueError(f"a QSGD state needs a 'calls' dict, got {state!r:.200}")
@@ -209,5 +229,5 @@ class QSGD(UpdateCompressor):
     def __repr__(self) -> str:
         return (
             f"QSGD(bits={self.bits}, bucket_size={self.bucket_size}, "
-            f"error_feedback={self.error_feedback})"
+            f"error_feedback={self.error_feedback}, seed={self.seed})"
         )

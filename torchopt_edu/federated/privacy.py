@@ -211,5 +211,5 @@ class DPFedAvg(ClipUpdates):
         return (
             f"DPFedAvg({self.strategy!r}, clip_norm={self.clip_norm}, "
             f"noise_multiplier={self.noise_multiplier}, sample_rate={self.sample_rate}, "
-            f"delta={self.delta})"
+            f"delta={self.delta}, seed={self.seed})"
         )

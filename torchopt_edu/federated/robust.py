@@ -145,7 +145,11 @@ class RobustStrategy(Strategy):
         self.server.load_state_dict(state["server"], model)
 
     def _server_repr(self) -> str:
-        return "" if isinstance(self.server, FedAvg) else f", server={self.server!r}"
+        return "" if type(self.server) is FedAvg else f", server={self.server!r}"
+
+    def __repr__(self) -> str:
+        """``Rule()``, or ``Rule(server=...)`` with a server step other than FedAvg."""
+        return f"{type(self).__name__}({self._server_repr().removeprefix(', ')})"
 
 
 class FedMedian(RobustStrategy):
@@ -154,9 +158,6 @@ class FedMedian(RobustStrategy):
     def combine(self, results: Sequence[ClientResult], reference: State) -> dict[str, Tensor]:
         """:func:`coordinate_median` of the states."""
         return coordinate_median([r.state for r in results])
-
-    def __repr__(self) -> str:
-        return f"FedMedian({self._server_repr().removeprefix(', ')})"
 
 
 class FedTrimmedAvg(RobustStrategy):

@@ -53,7 +53,12 @@ from torchopt_edu.federated.checkpoint import (
 )
 from torchopt_edu.federated.client import Client, ClientResult, LocalTraining, LossFn
 from torchopt_edu.federated.faults import Faults, local_steps
-from torchopt_edu.federated.strategy import ServerStepError, Strategy, nested_strategies
+from torchopt_edu.federated.strategy import (
+    ServerStepError,
+    Strategy,
+    nested_strategies,
+    settings_repr,
+)
 from torchopt_edu.optim._checks import check_int, check_seed, is_integer, is_real
 
 Record = dict[str, Any]
@@ -177,6 +182,8 @@ class Compressor(Protocol):
     ``compress(cid, update)`` gets client ``cid``'s update ``w_k - w^t`` (its floating-point
     state-dict entries) and returns the update as the server decodes it and the number of
     bytes sent; ``state_dict()``/``load_state_dict()`` carry its memory into checkpoints.
+    Its ``repr`` names its settings there (a resumed run must have the same); an object with
+    object's default repr is recorded by its class's name.
     """
 
     def compress(self, cid: int, update: dict[str, Tensor]) -> tuple[dict[str, Tensor], int]:
@@ -499,11 +506,15 @@ class Simulation:
             warnings.warn(f"{what}: {error}", RuntimeWarning, stacklevel=4)
 
     def _run_identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with this run to resume it: the seed, the number of
+        clients, the fraction, and the strategy's and the compressor's settings (their repr,
+        nested strategies and the server optimizer's hyper-parameters included)."""
         return {
             "seed": self.seed,
             "num_clients": len(self.clients),
             "fraction": self.fraction,
-            "strategy": type(self.strategy).__name__,
+            "strategy": settings_repr(self.strategy),
+            "compressor": None if self.compressor is None else settings_repr(self.compressor),
         }
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -526,19 +537,14 @@ class Simulation:
     def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> int:
         """Restore the server state from ``path`` (default: ``checkpoint``); return its round.
 
-        The checkpoint is validated first (this run's seed, clients, fraction and strategy; the
-        model's keys, shapes and dtypes: :func:`~.checkpoint.read_checkpoint`);
+        The checkpoint is validated first (this run's seed, clients and fraction, the settings
+        of its strategy and compressor as ``repr`` shows them, e.g. a server learning rate;
+        the model's keys, shapes and dtypes: :func:`~.checkpoint.read_checkpoint`);
         a bad one raises :class:`~torchopt_edu.federated.checkpoint.CheckpointError` and the
         simulation is left as it was.
         """
         path = self._checkpoint_path(path)
         state = read_checkpoint(path, self._run_identity(), self.model.state_dict())
-        if (state["compressor"] is None) != (self.compressor is None):
-            raise CheckpointError(
-                f"{path}: saved {'without' if state['compressor'] is None else 'with'} a "
-                "compressor, but this run has "
-                f"{'none' if self.compressor is None else 'one'}"
-            )
         before = copy.deepcopy(self.strategy.state_dict())
         try:
             self.strategy.load_state_dict(state["strategy"], self.model)

@@ -28,10 +28,31 @@ Default server learning rates are those that work for the digits MLP of this pac
 (``betas = (0.9, 0.99)``, ``tau = 1e-3`` as in Reddi et al.); like the client learning rate,
 they are worth tuning per task (Reddi et al. tune both on a grid).
 
-Reddi et al. write the adaptive updates without bias correction and with ``v_{-1} >= tau^2``;
-here the server optimizers are the package's own, so FedAdam and FedYogi include Adam's bias
-correction (as Flower's FedAdam does), and ``tau`` is the optimizer's ``eps`` (Adagrad and
-Yogi also start their accumulator at ``tau^2``).
+Reddi et al. write the adaptive updates without bias correction and with ``v_{-1} >= tau^2``.
+Here the server optimizers are the package's own: FedAdam and FedYogi step with Adam's bias
+correction at server step ``t = 1, 2, ...`` (the steps taken; a skipped or refused round takes
+none), ``w <- w - lr m_hat / (sqrt(v_hat) + tau)`` with ``m_hat = m / (1 - b1^t)`` and
+``v_hat = v / (1 - b2^t)``; ``tau`` is the optimizer's ``eps``; FedAdagrad and FedYogi start
+``v`` at ``tau^2``, FedAdam at 0.
+
+Flower's strategies of the same names (``flwr.server.strategy``, read in flwr 1.42) step
+otherwise, with ``eta`` our ``lr`` and ``t`` Flower's ``server_round`` (1 in the first round,
+counted whether or not a round steps):
+
+* ``FedAdam``: ``w <- w + eta_t m / (sqrt(v) + tau)``, ``eta_t = eta sqrt(1 - b2^(t+1)) /
+  (1 - b1^(t+1))``: its correction is one step ahead of Adam's, and ``tau`` is added to the
+  uncorrected ``sqrt(v)`` (ours adds ``tau`` to ``sqrt(v_hat)``, i.e.
+  ``tau sqrt(1 - b2^t)`` to ``sqrt(v)``). Defaults ``eta = 0.1``, ``tau = 1e-9`` (ours
+  ``lr = 0.03``, ``tau = 1e-3``).
+* ``FedYogi``: no bias correction, ``w <- w + eta m / (sqrt(v) + tau)``, and ``v`` starts at 0.
+  Defaults ``eta = 0.01``, ``tau = 1e-3`` (ours ``lr = 0.03``, the same ``tau``).
+* ``FedAdagrad``: the same update, but ``v`` starts at 0. Defaults ``eta = 0.1``,
+  ``tau = 1e-9`` (ours ``lr = 0.1``, ``tau = 1e-3``).
+* ``FedAvgM``: the same update; Flower's ``server_momentum`` defaults to 0 (ours 0.9).
+
+(``w + eta m`` there is ``w - lr m`` here: Flower's ``m`` averages ``w_avg - w``, ours
+``Delta = w - w_avg``.) ``tests/federated/test_fed_strategy.py`` runs Flower's strategies against
+these formulas.
 """
 
 from __future__ import annotations
@@ -71,6 +92,18 @@ def check_server_result(state: State, what: str) -> None:
             f"{what} refused: it would make {bad} of {state[name].numel()} values of tensor "
             f"{name!r} NaN or infinite; the global model and the server state are unchanged"
         )
+
+
+def settings_repr(value: object) -> str:
+    """``value``'s repr as a checkpoint records it, without a memory address: a function's or
+    class's qualified name; for another object its repr, or its class's qualified name where
+    that repr is object's default (``<... object at 0x...>``)."""
+    name = getattr(value, "__qualname__", None)
+    if isinstance(name, str):
+        return name
+    if type(value).__repr__ is object.__repr__:
+        return type(value).__qualname__
+    return repr(value)
 
 
 class Strategy:
@@ -131,6 +164,12 @@ class Strategy:
         """Make ``model`` the new global model given the clients' weighted average."""
         raise NotImplementedError
 
+    def __repr__(self) -> str:
+        """The class and its settings, as a constructor call (``FedProx(mu=0.01)``). A resumed
+        run must have the repr its checkpoint was saved with, so a subclass with settings lists
+        them, deterministically (no memory address). Here: the class name alone."""
+        return f"{type(self).__name__}()"
+
 
 class FedAvg(Strategy):
     """Federated averaging: ``w^{t+1} = sum_k n_k w_k^{t+1} / sum_k n_k``.
@@ -149,9 +188,6 @@ class FedAvg(Strategy):
         """
         check_server_result(averaged, f"{type(self).__name__}'s server step")
         copy_state(model, averaged)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 class FedProx(FedAvg):
@@ -181,7 +217,9 @@ class FedOpt(Strategy):
             any ``torch.optim.Optimizer`` works. It is built on the global model's trainable
             parameters at the first round and kept, state included, for all later rounds.
             Use ``functools.partial`` or a top-level function if the strategy must be pickled
-            (the distributed backend does).
+            (the distributed backend does). The repr, and with it a checkpoint's record of the
+            run, lists a ``functools.partial``'s arguments; any other factory is identified by
+            its qualified name only (a resumed run cannot tell two ``<lambda>`` apart).
 
     Each round: ``p.grad = p - averaged[name]`` for every trainable parameter, one
     ``optimizer.step()``, grads cleared; every other state-dict entry is set to the average.
@@ -261,11 +299,13 @@ class FedOpt(Strategy):
         self.optimizer = optimizer
 
     def __repr__(self) -> str:
+        """``FedOpt(Adam(lr=0.01))`` for a ``functools.partial``, else ``FedOpt(factory name)``."""
         factory = self.server_optimizer
-        if isinstance(factory, functools.partial):
-            options = ", ".join(f"{key}={value!r}" for key, value in factory.keywords.items())
-            factory = f"{getattr(factory.func, '__name__', factory.func)}({options})"
-        return f"{type(self).__name__}({factory})"
+        if not isinstance(factory, functools.partial):
+            return f"{type(self).__name__}({settings_repr(factory)})"
+        options = [repr(value) for value in factory.args]
+        options += [f"{key}={value!r}" for key, value in factory.keywords.items()]
+        return f"{type(self).__name__}({settings_repr(factory.func)}({', '.join(options)}))"
 
 
 class FedAvgM(FedOpt):
@@ -285,7 +325,8 @@ class FedAdagrad(FedOpt):
     This is plain Adagrad on the pseudo-gradient, without momentum. Reddi et al.'s Algorithm 2
     also keeps ``m = b1 m + (1-b1) Delta`` and steps with ``m`` in place of ``Delta``; that
     form equals this one for ``b1 = 0``. For server momentum, use :class:`FedAdam` or
-    ``FedOpt`` with an optimizer that has it.
+    ``FedOpt`` with an optimizer that has it. Flower's ``FedAdagrad`` starts ``v`` at 0 (see
+    the module docstring).
 
     Reference: Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2.
     """
@@ -301,7 +342,10 @@ class FedAdam(FedOpt):
     """Server Adam on the pseudo-gradient (with Adam's bias correction, ``eps = tau``).
 
     ``m = b1 m + (1-b1) Delta``, ``v = b2 v + (1-b2) Delta^2``,
-    ``w = w - lr * m_hat / (sqrt(v_hat) + tau)``. Reference: Reddi et al. 2021, Algorithm 2.
+    ``w = w - lr * m_hat / (sqrt(v_hat) + tau)``, ``m_hat = m / (1 - b1^t)``,
+    ``v_hat = v / (1 - b2^t)`` at server step ``t``. Flower's ``FedAdam`` corrects with
+    ``t + 1`` and adds ``tau`` to ``sqrt(v)`` (see the module docstring).
+    Reference: Reddi et al. 2021, Algorithm 2.
     """
 
     def __init__(
@@ -312,7 +356,9 @@ class FedAdam(FedOpt):
 
 
 class FedYogi(FedOpt):
-    """Server Yogi: ``v = v - (1-b2) sign(v - Delta^2) Delta^2``, otherwise as :class:`FedAdam`.
+    """Server Yogi: ``v = v - (1-b2) sign(v - Delta^2) Delta^2``, ``v_0 = tau^2``, otherwise as
+    :class:`FedAdam` (bias correction included). Flower's ``FedYogi`` has no bias correction
+    and starts ``v`` at 0 (see the module docstring).
 
     Reference: Reddi et al. 2021, Algorithm 2; Yogi: Zaheer et al. 2018.
     """
@@ -368,6 +414,10 @@ class StrategyWrapper(Strategy):
                 f"{type(self).__name__} state needs key 'strategy', got {sorted(state)}"
             )
         self.strategy.load_state_dict(state["strategy"], model)
+
+    def __repr__(self) -> str:
+        """``Wrapper(inner strategy's repr)``; a wrapper with settings adds them."""
+        return f"{type(self).__name__}({self.strategy!r})"
 
 
 def nested_strategies(strategy: Strategy) -> Iterator[Strategy]:
