@@ -291,3 +291,24 @@ def test_plateau_step_names_a_metric_that_is_not_a_number(metric):
     with pytest.raises(TypeError, match=r"step\(metrics\) needs the epoch's metric as a number"):
         schedule.step(metric)
     assert schedule.state_dict() == before
+
+
+def test_plateau_inside_sequential_lr_says_it_needs_the_metric_and_changes_nothing():
+    optimizer = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    plateau = ReduceLROnPlateau(optimizer)
+    sequential = torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [StepDecay(optimizer, 2, 0.5), plateau], milestones=[2]
+    )
+    optimizer.step()
+    sequential.step()
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    with pytest.raises(TypeError, match=r"ReduceLROnPlateau cannot take over from SequentialLR"):
+        sequential.step()  # the milestone: the plateau schedule takes over
+    assert optimizer.param_groups[0]["lr"] == lr
+
+    first = ReduceLROnPlateau(optimizer)  # first in line: SequentialLR steps it when built
+    with pytest.raises(TypeError, match=r"got none; .* call scheduler.step\(metric\) yourself"):
+        torch.optim.lr_scheduler.SequentialLR(
+            optimizer, [first, StepDecay(optimizer, 2, 0.5)], milestones=[2]
+        )

@@ -22,6 +22,12 @@ from torchopt_edu.lr_scheduler._common import (
 
 __all__ = ["ReduceLROnPlateau"]
 
+_STEP_IT_YOURSELF = (
+    "it reduces the rate from the epoch's metric, so call scheduler.step(metric) yourself; it "
+    "cannot run inside SequentialLR or ChainedScheduler, which step it without one (torch "
+    "refuses its own ReduceLROnPlateau there for the same reason)"
+)
+
 
 class ReduceLROnPlateau(CheckedState, LRScheduler):
     r"""Reduce the learning rate when a monitored metric stops improving.
@@ -124,8 +130,18 @@ class ReduceLROnPlateau(CheckedState, LRScheduler):
             return metric < self.best - margin
         return metric > self.best + margin
 
-    def step(self, metrics: SupportsFloat) -> None:  # type: ignore[override]
-        """Record one epoch's metric (a float or a one-element tensor) and reduce if it is time."""
+    def step(self, metrics: SupportsFloat | None = None) -> None:  # type: ignore[override]
+        """Record one epoch's metric (a float or a one-element tensor) and reduce if it is time.
+
+        Raises:
+            TypeError: no metric (``step()``, as ``SequentialLR`` and ``ChainedScheduler`` call
+                it), or one that is not a number; nothing changes.
+        """
+        if metrics is None:
+            raise TypeError(
+                "ReduceLROnPlateau.step(metrics) needs the epoch's metric as a number or a "
+                f"one-element tensor, got none; {_STEP_IT_YOURSELF}"
+            )
         try:
             metric = float(metrics)
         except (TypeError, ValueError, RuntimeError):  # None, 'abc', a tensor of many values
@@ -148,6 +164,16 @@ class ReduceLROnPlateau(CheckedState, LRScheduler):
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
         self._last_lr = current_lrs(self.optimizer)
+
+    def get_lr(self) -> list[float | Tensor]:
+        """Never: the learning rates follow the metrics given to :meth:`step`.
+
+        ``SequentialLR`` calls it when it hands over to this schedule at a milestone (it checks
+        only for torch's own ``ReduceLROnPlateau`` when it is built); the error says why.
+        """
+        raise TypeError(
+            f"ReduceLROnPlateau cannot take over from SequentialLR: {_STEP_IT_YOURSELF}"
+        )
 
     def _match_min_lrs_to_groups(self) -> None:
         n_groups, n_floors = len(self.optimizer.param_groups), len(self.min_lrs)
