@@ -178,3 +178,71 @@ def test_sampler_flag_and_sampler_comparison_on_a_benchmark_workload(tmp_path, c
         mean = sum(curve[4] for curve in saved["best_so_far"][sampler]) / 2
         assert re.search(rf"\| {sampler} \| {mean:.4g} ± ", printed)
     assert (tmp_path / "samplers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_study_resumed_with_other_objective_settings_exits_2_naming_them(tmp_path, capsys):
+    args = ["--optimizers", "sgd", "--out", str(tmp_path), "--no-plots", "--no-progress"]
+    assert main([*args, "--task", "quadratic", "--epochs", "3", "--n-trials", "2"]) == 0
+    assert main([*args, "--task", "digits", "--epochs", "1", "--n-trials", "1"]) == 0
+    capsys.readouterr()
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for rerun, differ in [
+        (["--task", "quadratic", "--epochs", "1"], "epochs=3, not epochs=1"),
+        (["--task", "digits", "--epochs", "1", "--seed", "1"], "seed=0, not seed=1"),
+        (["--task", "quadratic", "--study-name", "digits"], "task='digits', epochs=1, seed=0, not"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, *rerun, "--n-trials", "4"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("torchopt-edu tune: error: study '") and err.count("\n") == 1
+        assert f"was made with {differ}" in err
+        assert "or resume it with its own --task, --epochs and --seed" in err
+    for name, trials in (("quadratic", 2), ("digits", 1)):  # nothing was added
+        assert len(optuna.load_study(study_name=name, storage=storage).trials) == trials
+    assert main([*args, "--task", "quadratic", "--epochs", "3", "--n-trials", "3"]) == 0
+
+
+def test_a_study_that_predates_the_objective_record_is_refused_unless_resumed_unchecked(
+    tmp_path, capsys
+):
+    from torchopt_edu.tuning import ObjectiveMismatchError, SearchSpace, quadratic_task, tune
+
+    storage, space = str(tmp_path / "study.db"), SearchSpace(["sgd"])
+    tune(quadratic_task(steps=5), space, n_trials=2, storage=storage, study_name="quadratic")
+    args = ["--task", "quadratic", "--optimizers", "sgd", "--out", str(tmp_path), "--no-plots"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--n-trials", "3", "--no-progress"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "records no objective settings (it predates that check)" in err
+    assert err.count("\n") == 1
+    with pytest.raises(ObjectiveMismatchError, match=r"its 2 trials used task='quadratic'"):
+        tune(
+            quadratic_task(steps=5),
+            space,
+            n_trials=3,
+            storage=storage,
+            study_name="quadratic",
+            objective={"task": "quadratic", "epochs": 5},
+        )
+    result = tune(
+        quadratic_task(steps=5), space, n_trials=3, storage=storage, study_name="quadratic"
+    )  # objective=None: resumed unchecked
+    assert len(result.study.trials) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "3"], r"argument --epochs: --task diabetes is a workload, trained until its"),
+        (["--pruner", "median"], r"argument --pruner: --task diabetes is a workload, whose trials"),
+    ],
+)
+def test_epochs_or_a_pruner_for_a_workload_task_exits_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--task", "diabetes", *args, "--n-trials", "1", "--no-plots", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1
+    assert not (tmp_path / "study.db").exists()

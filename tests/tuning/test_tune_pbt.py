@@ -192,3 +192,99 @@ def test_schedule_plot_has_a_panel_per_hyperparameter_and_follows_each_member():
     best = axes[-1].get_lines()[result.best.index]
     assert list(best.get_ydata()) == [e["score"] for e in result.best.schedule]
     assert best.get_color() == "black"
+
+
+def test_command_line_round_line_shows_the_lowest_score_where_lower_is_better(tmp_path, capsys):
+    import json
+    import re
+
+    from torchopt_edu.cli.pbt import main
+
+    args = ["--workload", "digits_multitask", "--population", "3", "--interval", "2"]
+    assert (
+        main([*args, "--rounds", "1", "--workers", "0", "--no-plot", "--out", str(tmp_path)]) == 0
+    )
+    best = float(re.search(r"round 1: best (\S+),", capsys.readouterr().out)[1])
+    scores = [
+        entry[0]["score"]
+        for entry in json.loads((tmp_path / "schedules.json").read_text()).values()
+    ]
+    assert len(set(scores)) == 3  # the lowest differs from the highest
+    assert best == pytest.approx(min(scores), abs=5e-5)
+
+
+def test_command_line_names_a_damaged_checkpoint_in_one_line_and_keeps_it(tmp_path, capsys):
+    from torchopt_edu.cli.pbt import main
+
+    checkpoint = tmp_path / "population.pt"
+    checkpoint.write_bytes(b"garbage\n")
+    args = ["--workload", "diabetes", "--population", "2", "--interval", "2", "--rounds", "1"]
+    assert main([*args, "--workers", "0", "--no-plot", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read the PBT checkpoint {checkpoint} (UnpicklingError)")
+    assert err.count("\n") == 1 and "weights_only" not in err
+    assert checkpoint.read_bytes() == b"garbage\n"
+
+
+def test_resuming_with_fewer_rounds_than_the_checkpoint_holds_reports_the_rounds_done(
+    tmp_path, capsys
+):
+    import json
+
+    from torchopt_edu.cli.pbt import main
+
+    args = ["--workload", "diabetes", "--optimizer", "sgd", "--population", "2"]
+    args += ["--interval", "2", "--workers", "0", "--no-plot", "--out", str(tmp_path)]
+    assert main([*args, "--rounds", "3"]) == 0
+    saved = (tmp_path / "population.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--rounds", "1", "--json", str(tmp_path / "best.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "already holds 3 rounds, more than --rounds 1: nothing was trained" in printed
+    assert "round " not in printed
+    assert json.loads((tmp_path / "best.json").read_text())["total_steps"] == 2 * 3 * 2
+    assert (tmp_path / "population.pt").read_bytes() == saved
+
+    result = population_based_training(
+        "diabetes",
+        "sgd",
+        population=2,
+        interval=2,
+        rounds=1,
+        workers=0,
+        checkpoint=tmp_path / "population.pt",
+    )
+    assert result.rounds == 3 and result.total_steps == 2 * 3 * 2
+    assert all(len(schedule) == 3 for schedule in result.schedules.values())
+
+
+def test_hypergradient_members_carry_on_from_the_learned_rate_and_copiers_perturb_it():
+    space = {"lr": LogUniform(0.01, 0.2), "hypergrad_lr": LogUniform(1e-4, 1e-3)}
+    learned = []  # after each round: every member's lr in its optimizer state
+
+    def record(round_, members):
+        learned.append([m.optimizer_state["param_groups"][0]["lr"] for m in members])
+
+    result = population_based_training(
+        "diabetes",
+        "sgdhd",
+        space,
+        population=4,
+        interval=10,
+        rounds=2,
+        workers=0,
+        resample_probability=0.0,
+        on_round=record,
+    )
+    started = [[entry["hyperparameters"]["lr"] for entry in m.schedule] for m in result.members]
+    assert all(learned[0][i] != started[i][0] for i in range(4))  # the rate moved in round 1
+    copied = {m.index: m.schedule[1]["copied_from"] for m in result.members}
+    assert any(winner is not None for winner in copied.values())
+    for i, winner in copied.items():
+        if winner is None:  # round 2 starts where round 1's learning left the rate
+            assert started[i][1] == learned[0][i]
+        else:  # the winner's learned rate, times 0.8 or 1.2, inside the space
+            moved = [min(max(learned[0][winner] * f, 0.01), 0.2) for f in (0.8, 1.2)]
+            assert started[i][1] in [pytest.approx(rate, rel=1e-12) for rate in moved]
+    best = result.best
+    assert result.best_config().hyperparameters["lr"] == learned[1][best.index]

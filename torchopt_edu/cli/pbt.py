@@ -13,6 +13,7 @@ steps) with seeds ``--seed .. --seed + N - 1`` and prints the best validation sc
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -60,12 +61,12 @@ def build_parser() -> _common.Parser:
     return parser
 
 
-def _round_line(round_: int, members: list[Member]) -> str:
-    scores = [m.score for m in members]
+def _round_line(round_: int, members: list[Member], higher_is_better: bool) -> str:
+    """``round r: best s, mean m, k members had copied``; the best by the metric's direction."""
     copies = sum(m.copied_from is not None for m in members)
-    finite = [s for s in scores if s == s]
-    best = max(finite) if finite else float("nan")
-    mean = statistics.fmean(finite) if finite else float("nan")
+    finite = [m.score for m in members if math.isfinite(m.score)]
+    best = (max if higher_is_better else min)(finite) if finite else math.nan
+    mean = statistics.fmean(finite) if finite else math.nan
     return f"round {round_ + 1}: best {best:.4f}, mean {mean:.4f}, {copies} members had copied"
 
 
@@ -124,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         _common.check_seed_range(parser, args.seed, args.compare_seeds, "--compare-seeds")
         return _compare(args)
 
+    from torchopt_edu.benchmark import get_workload
     from torchopt_edu.tuning.pbt import population_based_training
 
+    higher_is_better = get_workload(args.workload).higher_is_better
     checkpoint = Path(args.out) / "population.pt"
     if checkpoint.exists():
         print(f"resuming from {checkpoint}")
@@ -139,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             seed=args.seed,
             checkpoint=checkpoint,
-            on_round=lambda round_, members: print(_round_line(round_, members), flush=True),
+            on_round=lambda round_, members: print(
+                _round_line(round_, members, higher_is_better), flush=True
+            ),
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted: the population is saved in {checkpoint}; run again to resume")
@@ -147,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # a checkpoint of another run, or a damaged one
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if result.rounds > args.rounds:
+        print(
+            f"{checkpoint} already holds {result.rounds} rounds, more than --rounds "
+            f"{args.rounds}: nothing was trained; the result is its population after them"
+        )
     best = result.best
     print(f"best member #{best.index}: {result.metric} {best.score:.4f}")
     print(f"  {result.optimizer_name} {best.hyperparameters}")

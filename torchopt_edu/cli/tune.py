@@ -12,9 +12,16 @@ the test accuracy of the best configuration retrained; saves ``history.png`` and
 
 ``--task`` may also name a benchmark workload (``digits_mlp``, ``diabetes``, ...): the objective is
 then the number of training steps to its validation target (:func:`~torchopt_edu.tuning.compare.
-workload_task`). ``--compare-samplers`` runs, instead of one stored study, one in-memory study per
-sampler and ``--seeds`` seed and prints the best value after a number of trials (mean and standard
-deviation over the seeds), and saves ``samplers.png``.
+workload_task`); such a trial trains to its target or step budget and reports no intermediate
+value, so ``--epochs`` and a pruner do not apply (passing them exits 2).
+
+A study records the settings its values depend on (``--task``, ``--epochs``, ``--seed``:
+:func:`objective_settings`); rerunning it with others exits 2 naming them, as does resuming a study
+with trials made before this record existed.
+
+``--compare-samplers`` runs, instead of one stored study, one in-memory study per sampler and
+``--seeds`` seed and prints the best value after a number of trials (mean and standard deviation
+over the seeds), and saves ``samplers.png``.
 """
 
 from __future__ import annotations
@@ -37,7 +44,10 @@ TASKS = {
     "digits": "64-32-10 MLP on scikit-learn's digits; objective: validation cross-entropy",
     "quadratic": "the seed's (w + 2)^2 from w = 0; objective: loss after --epochs steps",
 }
-WORKLOAD_TASK = "a benchmark workload; objective: steps to its validation target"
+WORKLOAD_TASK = (
+    "a benchmark workload; objective: steps to its validation target (no --epochs, no pruning: "
+    "a trial reports only its result)"
+)
 DEFAULT_EPOCHS = {"digits": 10, "quadratic": 5}
 PROG = "torchopt-edu tune"
 
@@ -85,9 +95,15 @@ def build_parser() -> _common.Parser:
         "--epochs",
         type=_argtypes.positive_int,
         default=None,
-        help="epochs per trial (gradient steps for quadratic); default: digits 10, quadratic 5",
+        help="epochs per trial (gradient steps for quadratic); default: digits 10, quadratic 5; "
+        "not for a workload task, which trains to its target",
     )
-    parser.add_argument("--pruner", choices=PRUNERS, default="median", help="default: median")
+    parser.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default=None,
+        help="default: median; a workload task's trials report nothing to prune on (none only)",
+    )
     parser.add_argument(
         "--sampler",
         choices=SAMPLERS,
@@ -131,6 +147,35 @@ def objective_name(task: str, epochs: int) -> str:
     return f"steps to {workload.metric} {'>=' if workload.higher_is_better else '<='} " + (
         f"{workload.target}"
     )
+
+
+def objective_settings(task: str, epochs: int, seed: int) -> dict[str, Any]:
+    """The settings the values of ``task``'s trials depend on, which a study records and a rerun
+    must repeat: the task; its epochs (steps for quadratic), except for a workload, which trains
+    to its target; the seed of its data split, initial weights and batches, except for
+    quadratic, which draws nothing."""
+    settings: dict[str, Any] = {"task": task}
+    if task in TASKS:
+        settings["epochs"] = epochs
+    if task != "quadratic":
+        settings["seed"] = seed
+    return settings
+
+
+def _check_workload_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 for ``--epochs`` or a pruner given with a workload task, which use neither."""
+    if args.task in TASKS:
+        return
+    if args.epochs is not None:
+        parser.error(
+            f"argument --epochs: --task {args.task} is a workload, trained until its validation "
+            "target or its step budget; --epochs applies to digits and quadratic"
+        )
+    if args.pruner not in (None, "none"):
+        parser.error(
+            f"argument --pruner: --task {args.task} is a workload, whose trials report no "
+            "intermediate values, so no pruner can stop them; leave --pruner out"
+        )
 
 
 def checkpoints(n_trials: int) -> list[int]:
@@ -256,12 +301,19 @@ def _summary(result: TuneResult, storage: str) -> str:
 
 
 def _study_error(error: ValueError, study_name: str, named: bool) -> str:
-    """One line for a study that exists with another search space or direction."""
+    """One line for a study that exists with another search space, direction or objective."""
+    from torchopt_edu.tuning import ObjectiveMismatchError
+
     first = str(error).splitlines()[0].rstrip(":")
     flag = "another --study-name" if named else f"--study-name NAME (the default is {study_name!r})"
+    own = (
+        "--task, --epochs and --seed"
+        if isinstance(error, ObjectiveMismatchError)
+        else "--optimizers and --schedules"
+    )
     return (
-        f"{first}; start a new study with {flag} or another --out/--storage, or resume it "
-        "with its own --optimizers and --schedules"
+        f"{first}; start a new study with {flag} or another --out/--storage, or resume it with "
+        f"its own {own}"
     )
 
 
@@ -288,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     _common.require(_common.Parser(prog=PROG), "optuna", PROG, "pip install 'torchopt-edu[tune]'")
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_workload_flags(parser, args)
     if args.task not in ("quadratic",):
         _common.require(
             parser,
@@ -339,15 +392,16 @@ def main(argv: list[str] | None = None) -> int:
             n_trials=args.n_trials,
             storage=backend,
             study_name=study_name,
-            pruner=args.pruner,
+            pruner=args.pruner or ("median" if args.task in TASKS else "none"),
             sampler=args.sampler,
             seed=args.seed,
             progress_bar=not args.no_progress,
+            objective=objective_settings(args.task, epochs, args.seed),
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted: the study is saved in {storage}; run the same command to resume")
         return 130
-    except ValueError as error:  # the study exists with another search space or direction
+    except ValueError as error:  # the study exists with another space, direction or objective
         if not str(error).startswith("study "):
             parser.error(str(error))
         parser.error(_study_error(error, study_name, args.study_name is not None))

@@ -44,6 +44,7 @@ from torchopt_edu.tuning.space import (
 from torchopt_edu.tuning.study import (
     SAMPLERS,
     NoCompletedTrialError,
+    ObjectiveMismatchError,
     Report,
     StorageError,
     TrainFn,
@@ -78,6 +79,7 @@ __all__ = [
     "MAX_SEED",
     "Member",
     "NoCompletedTrialError",
+    "ObjectiveMismatchError",
     "OptimizerConfig",
     "PBTResult",
     "Report",

@@ -39,7 +39,10 @@ def workload_task(workload: str | Workload, seed: int = 0) -> TrainFn:
     being how far its best validation value stayed from the target, relative to the target and
     clipped to ``[0, 1]`` (1 for a run that diverged). So a miss always scores worse than a hit,
     and a near miss better than a far one: the samplers get a slope to follow, not a plateau.
-    Each validation is reported (``report(value, step)``, the objective so far).
+    Nothing is reported along the way: ``run_trial`` trains to the target (or ``max_steps``) in
+    one call, and a trial that stops early is the best one, so a pruner has nothing to act on
+    (tune it with ``pruner="none"``). The workload fixes the training's length: there are no
+    epochs to choose.
     """
     from torchopt_edu.benchmark import get_workload, run_trial
 

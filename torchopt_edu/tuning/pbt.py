@@ -13,6 +13,13 @@ population of ``N`` members trains in parallel processes, each with its own hype
    ``resample_probability``, drawn afresh from the space. The new values are written into the
    optimizer's ``param_groups``, so training goes on from the copied state with them.
 
+A hyper-parameter the optimizer learns itself (SGDHD's and AdamHD's ``lr``, which they move by
+its hypergradient every step) is read back from ``param_groups`` at the end of each round
+(:func:`learned_hyperparameters`): a member carries on from the rate it learned, and a copier
+starts from the rate its winner learned, times 0.8 or 1.2 (explore perturbs the current rate,
+not the one the winner started from; clipped to the space's range of starting rates), or from a
+fresh starting rate drawn from the space.
+
 So the population follows hyper-parameter *schedules* (a learning rate that falls as training
 goes on, say), found at the cost of ``N`` training runs. Each member's schedule is recorded
 (:attr:`PBTResult.schedules`). After each round the whole population (weights, optimizer states,
@@ -109,6 +116,18 @@ def _perturb(value: Any, spec: Spec, rng: np.random.Generator, resample: float) 
     return int(round(moved)) if isinstance(spec, IntUniform) else float(moved)
 
 
+def learned_hyperparameters(
+    optimizer_state: Mapping[str, Any], hyperparameters: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``hyperparameters`` as an optimizer ended its training: each read back from its param group.
+
+    They are the values :func:`train_member` wrote in, except those the optimizer learns as it
+    trains (SGDHD's and AdamHD's ``lr``): training on with these continues from what it learned.
+    """
+    group = optimizer_state["param_groups"][0]  # train_member builds one group
+    return {name: group.get(name, value) for name, value in hyperparameters.items()}
+
+
 def set_hyperparameters(
     optimizer: torch.optim.Optimizer, hyperparameters: Mapping[str, Any]
 ) -> None:
@@ -132,8 +151,9 @@ class Member:
         score: its last validation score (``nan`` before the first round or after divergence).
         copied_from: the member it copied before the current round, ``None`` if it did not.
         schedule: one entry per round: ``{"round", "steps", "hyperparameters", "score",
-            "copied_from"}``, the hyper-parameters it trained with during that round, the score
-            at its end, and whom it had copied before the round (``None``: nobody).
+            "copied_from"}``, the hyper-parameters it started that round with (a learned ``lr``
+            moves during the round), the score at its end, and whom it had copied before the
+            round (``None``: nobody).
     """
 
     index: int
@@ -163,7 +183,8 @@ class PBTResult:
 
     Attributes:
         members: the population after the last round.
-        rounds: rounds trained; each member trained ``rounds * interval`` steps.
+        rounds: rounds the population has trained (with a checkpoint, all the rounds it holds,
+            even more than the call asked for); each member trained ``rounds * interval`` steps.
         interval: steps per round.
         metric: what the scores are (the workload's validation metric).
         higher_is_better: the metric's direction.
@@ -198,7 +219,7 @@ class PBTResult:
         return {m.index: m.schedule for m in self.members}
 
     def best_config(self) -> OptimizerConfig:
-        """The best member's final hyper-parameters (the end point of its schedule)."""
+        """The best member's final hyper-parameters (SGDHD's, AdamHD's: the ``lr`` it learned)."""
         return OptimizerConfig(self.optimizer_name, dict(self.best.hyperparameters))
 
 
@@ -239,9 +260,10 @@ def train_member(
 
     A member without state starts from ``init_model(workload.make_model, init_seed)`` and a fresh
     optimizer. Otherwise the optimizer is built, loads ``optimizer_state`` (moments, step counts)
-    and then takes ``hyperparameters`` into its ``param_groups``. Batches come from a generator
-    seeded with ``batch_seed``. The score is the workload's validation metric (``nan`` if the
-    training loss became NaN or infinite).
+    and then takes ``hyperparameters`` into its ``param_groups``: to continue from a learned
+    ``lr`` (SGDHD, AdamHD), pass :func:`learned_hyperparameters` of the state. Batches come from
+    a generator seeded with ``batch_seed``. The score is the workload's validation metric (``nan``
+    if the training loss became NaN or infinite).
     """
     from torchopt_edu.benchmark import get_workload
     from torchopt_edu.tuning.tasks import init_model
@@ -301,7 +323,9 @@ def exploit_and_explore(
 
     Ranks by score; each member of the bottom ``ceil(quantile * N)`` (and every member whose score
     is not finite) copies the weights, optimizer state and hyper-parameters of a member drawn from
-    the top ``ceil(quantile * N)``, then perturbs the hyper-parameters (explore).
+    the top ``ceil(quantile * N)``, then perturbs the hyper-parameters (explore). The winner's
+    hyper-parameters are its current ones, a learned ``lr`` included, so explore moves the rate
+    the winner learned (clipped to ``space``'s range, where rates start).
     """
     ranked = sorted(members, key=lambda m: _fitness(m.score, higher_is_better), reverse=True)
     cut = max(1, math.ceil(quantile * len(members)))
@@ -338,11 +362,17 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def _load(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint at ``path``, after checking that it was saved by a run with ``settings``.
+
+    Raises:
+        ValueError: one line naming ``path``: a damaged or foreign file, or another run's.
+    """
     try:
         state = torch.load(path, weights_only=True)
-    except Exception as error:  # a damaged or foreign file
+    except Exception as error:  # torch's own message is many lines, and suggests an unsafe load
         raise ValueError(
-            f"cannot read the PBT checkpoint {path}: {type(error).__name__}: {error}"
+            f"cannot read the PBT checkpoint {path} ({type(error).__name__}): the file is damaged "
+            "or is not a PBT checkpoint; move it away to start a new run there"
         ) from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a PBT checkpoint of format {CHECKPOINT_FORMAT}")
@@ -440,6 +470,8 @@ def population_based_training(  # noqa: C901 (argument checks, then one loop)
         population: members (>= 2).
         interval: training steps between two exploit/explore steps (one round).
         rounds: rounds to train; a resumed run trains until the population has done ``rounds``.
+            A checkpoint that already holds more rounds trains no more, and the result describes
+            all the rounds it holds (:attr:`PBTResult.rounds`).
         quantile: the bottom ``quantile`` copies the top ``quantile`` (in ``(0, 0.5]``).
         resample_probability: chance that explore draws a hyper-parameter afresh rather than
             multiplying it by 0.8 or 1.2.
@@ -520,6 +552,9 @@ def population_based_training(  # noqa: C901 (argument checks, then one loop)
                         "copied_from": member.copied_from,
                     }
                 )
+                member.hyperparameters = learned_hyperparameters(
+                    optimizer_state, member.hyperparameters
+                )
             if path is not None:
                 _save(
                     path,
@@ -532,8 +567,9 @@ def population_based_training(  # noqa: C901 (argument checks, then one loop)
                 )
             if on_round is not None:
                 on_round(round_, members)
+    trained = max(done, rounds)  # a checkpoint of more rounds than asked trains no more
     return PBTResult(
-        members, rounds, interval, problem.metric, problem.higher_is_better, optimizer_name
+        members, trained, interval, problem.metric, problem.higher_is_better, optimizer_name
     )
 
 

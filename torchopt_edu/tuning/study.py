@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
 import socket
 import sqlite3
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -50,6 +51,10 @@ PRUNERS = ("median", "successive_halving", "hyperband", "none")
 
 SEARCH_SPACE_ATTR = "search_space"
 """Key of the study's ``user_attrs`` holding :meth:`SearchSpace.fingerprint` of its space."""
+
+OBJECTIVE_ATTR = "objective"
+"""Key of the study's ``user_attrs`` holding the settings its objective's values depend on
+(``tune(objective=...)``: the task, its epochs, the seed)."""
 
 HEARTBEAT_INTERVAL_S = 60
 """Seconds between a running trial's heartbeats in a database storage; a trial silent for twice
@@ -497,6 +502,45 @@ def _check_search_space(
     )
 
 
+class ObjectiveMismatchError(ValueError):
+    """A study exists with other objective settings (or records none): its trials' values would
+    not compare with new ones. The message is one line naming the settings."""
+
+
+def _check_objective(
+    study: optuna.Study,
+    objective: Mapping[str, Any],
+    storage: str | os.PathLike[str] | optuna.storages.BaseStorage,
+) -> None:
+    """Record ``objective`` in a new study; refuse to resume one made with other settings.
+
+    A study that records no settings but holds trials was made before the check existed (or
+    without ``objective``): it is refused too, since nothing says its trials are comparable.
+    """
+    requested = json.loads(json.dumps(dict(objective)))  # as the study stores it: tuples are lists
+    stored = study.user_attrs.get(OBJECTIVE_ATTR)
+    if stored is None and not study.trials:  # a new study (or an empty one): adopt the settings
+        study.set_user_attr(OBJECTIVE_ATTR, requested)
+        return
+    if stored == requested:
+        return
+    where = f"study {study.study_name!r} in {database_name(storage)}"
+    if stored is None:
+        shown = ", ".join(f"{key}={value!r}" for key, value in requested.items())
+        raise ObjectiveMismatchError(
+            f"{where} records no objective settings (it predates that check), so nothing says "
+            f"its {len(study.trials)} trials used {shown}"
+        )
+    differ = [key for key in {**stored, **requested} if stored.get(key) != requested.get(key)]
+    raise ObjectiveMismatchError(
+        f"{where} was made with "
+        + ", ".join(f"{key}={stored.get(key)!r}" for key in differ)
+        + ", not "
+        + ", ".join(f"{key}={requested.get(key)!r}" for key in differ)
+        + " (its trials' values would not compare with new ones)"
+    )
+
+
 class _QuietInterrupts(logging.Filter):
     """Drop Optuna's "Trial N failed ... KeyboardInterrupt" record and its traceback: Ctrl+C
     is how a study is paused (the trial is marked failed and rerun on resume), not an error."""
@@ -520,6 +564,7 @@ def tune(  # noqa: C901 (argument checks, then one loop)
     catch: tuple[type[Exception], ...] = (Exception,),
     timeout: float | None = None,
     progress_bar: bool = False,
+    objective: Mapping[str, Any] | None = None,
 ) -> TuneResult:
     """Search ``space`` for the configuration that gives ``train`` its best value.
 
@@ -556,6 +601,12 @@ def tune(  # noqa: C901 (argument checks, then one loop)
             kept in the trial's ``user_attrs["error"]``); others fail the trial and propagate.
         timeout: stop starting trials after this many seconds.
         progress_bar: show a tqdm bar of the study's trials and best value.
+        objective: the settings ``train``'s values depend on (JSON data, e.g. ``{"task":
+            "digits", "epochs": 10, "seed": 0}``), recorded in a new study
+            (``user_attrs["objective"]``); resuming the study with other settings, or a study
+            holding trials that records none (made before this check), raises
+            :class:`ObjectiveMismatchError`. ``None``: nothing recorded nor checked (resume such
+            an older study this way, knowing its trials are comparable).
 
     Returns:
         A :class:`TuneResult` with the best configuration.
@@ -563,7 +614,8 @@ def tune(  # noqa: C901 (argument checks, then one loop)
     Raises:
         ValueError: bad ``n_trials``, ``direction``, ``pruner`` or ``seed``; or ``study_name``
             exists in ``storage`` with another direction or search space (checked before any
-            trial runs).
+            trial runs); :class:`ObjectiveMismatchError` (a ``ValueError``) for other
+            ``objective`` settings.
         TypeError: ``seed`` is not an integer.
         NoCompletedTrialError: (a ``RuntimeError``) no trial of the study completed.
         StorageError: (a ``RuntimeError``) the database cannot be opened, read or written (a
@@ -595,6 +647,8 @@ def tune(  # noqa: C901 (argument checks, then one loop)
                 f"{study.direction.name.lower()!r}, not {direction!r}"
             )
         _check_search_space(study, space, storage)
+        if objective is not None:
+            _check_objective(study, objective, storage)
         with warnings.catch_warnings():  # fail_stale_trials is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # trials of killed workers elsewhere
