@@ -695,9 +695,12 @@ class EduOptimizer(Optimizer):
         if impl != "fused":
             update(bucket, hyper)
             return
-        # C-level maps: this runs every step over thousands of tensors, nearly all contiguous
+        # C-level maps: this runs every step over thousands of tensors, nearly all contiguous.
+        # The step counters are 0-d numbers, which walks_as_one_layout does not compare.
         streams = [bucket.params, bucket.grads] + [
-            bucket.state(key) for key, value in bucket.states[0].items() if type(value) is Tensor
+            bucket.state(key)
+            for key, value in bucket.states[0].items()
+            if type(value) is Tensor and key != "step"
         ]
         if not all(all(map(Tensor.is_contiguous, tensors)) for tensors in streams):
             same, other = bucket.split(list(map(walks_as_one_layout, *streams)))
