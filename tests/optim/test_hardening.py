@@ -746,3 +746,34 @@ def test_flat_mode_steps_with_the_state_a_user_put_in_place(edit):
         results.append([p.detach().clone() for p in params])
     for theirs, mine in zip(*results, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (ours.Adam, dict(lr=0.1)),
+        (ours.SGD, dict(lr=0.1, momentum=0.9)),
+        (ours.Adagrad, dict(lr=0.1)),
+        (ours.RMSprop, dict(lr=0.1)),
+        (ours.Yogi, dict(lr=0.1)),
+        (ours.Lion, dict(lr=0.1)),
+        (ours.AdamWScheduleFree, dict(lr=0.1)),
+        (ours.Prodigy, dict()),
+        (ours.SGDHD, dict(lr=0.1)),
+        (ours.AdamHD, dict(lr=0.1)),
+    ],
+    ids=lambda value: value.__name__ if isinstance(value, type) else "",
+)
+def test_flat_mode_packs_the_state_once_when_nobody_touches_it(cls, kwargs):
+    """The optimizer's own writes are not a user's: Prodigy's step counts, advanced after the
+    updates, made every step pack the buffers again (12x slower at 2000 tensors)."""
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    optimizer = cls(params, **kwargs, flat=True)
+    packed = []
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.full_like(p, 0.5)
+        optimizer.step()
+        slab = optimizer._flat_groups[0].slabs[0]
+        packed.append({key: id(value) for key, value in slab.flat_state.items()})
+    assert packed[0] and packed[1] == packed[2] == packed[0]

@@ -425,7 +425,10 @@ class Prodigy(EduOptimizer):
         for bucket, h, impl in active:
             self._dispatch(bucket, replace(h, d_next=d), impl)
         for param in self._stepped:
-            self.state[param]["step"] += 1
+            state = self.state[param]
+            # a number, which flat mode's buffers do not hold: set past the watch on the state
+            # (WatchedState), which would have them packed again at the next step
+            dict.__setitem__(state, "step", state["step"] + 1)
         for group in self.param_groups:
             group.update(
                 d_numerator=d_numerator, d_denom=denominator, d=d, d_max=d_max, d_hat=d_hat
