@@ -82,7 +82,8 @@ class WatchedStates(defaultdict):  # type: ignore[type-arg]
     parameter has, and to the entries of a packed parameter's state (a tensor replaced, a key
     or a parameter deleted, all cleared), so that the next step packs the buffers again from
     what the user put in place. Changing a state tensor in place needs nothing: it is a view
-    of the buffer."""
+    of the buffer. The optimizer's own writes happen inside ``EduOptimizer.step``, whose end
+    clears the mark; one made after it (Prodigy's step counts) goes past the watch."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
