@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from torchopt_edu.optim import Adam, Lion, SGDScheduleFree, lion
-from torchopt_edu.optim._compiled import CompiledKernel
+from torchopt_edu.optim import Adam, Lion, Prodigy, SGDScheduleFree, lion, prodigy
+from torchopt_edu.optim._compiled import CompiledKernel, CppKernel, scalars_for
 
 
 def _params() -> list[torch.Tensor]:
@@ -201,3 +201,94 @@ def test_a_compiled_flag_set_on_a_group_later_is_checked_before_anything_changes
         optimizer.step()
     assert all(torch.equal(p.detach(), old) for p, old in zip(params, before, strict=True))
     assert not optimizer.state
+
+
+# -- CppKernel: a kernel function with a hand-written C++ translation (Prodigy's two passes)
+
+
+def _fresh(kernel: CppKernel) -> CppKernel:
+    """The same kernel, nothing built yet in this process."""
+    return CppKernel(kernel.function, kernel.source, kernel.sums)
+
+
+def _prodigy_tensors(size: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """x, g, x0, s, m and v for Prodigy's kernels."""
+    generator = torch.Generator().manual_seed(size)
+    tensors = [torch.randn(size, generator=generator, dtype=dtype) for _ in range(5)]
+    return [*tensors, torch.rand(size, generator=generator, dtype=dtype)]
+
+
+STATISTICS_SCALARS = [0.97, 3e-4]  # beta3, (d/d0) dlr
+STEP_SCALARS = [0.3, 0.9, 0.999, 0.01, 0.1, 1e-8]  # d, beta1, beta2, dlr, weight decay, eps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [0, 1, 7, 4097, 3 * 4096 + 13])  # around blocks and lanes
+def test_the_cpp_translations_compute_what_their_kernel_functions_say(dtype, size):
+    """Prodigy's kernels in C++ against the same functions run eagerly: every stored entry
+    within an ulp or two of the O(1) values (the same operations in the same order; ATen
+    rounds a few entries of the step differently), the sums to rounding; torch.compile never
+    runs for CPU float32 and float64."""
+    statistics = _fresh(prodigy.prodigy_statistics_kernel)
+    step = _fresh(prodigy.prodigy_step_kernel)
+    ours = _prodigy_tensors(size, dtype)
+    theirs = [t.clone() for t in ours]
+    x, g, p0, s, m, v = ours
+    scalars = scalars_for(x, STATISTICS_SCALARS)
+    sums = statistics(x, g, p0, s, scalars)
+    expected_sums = statistics.function(*theirs[:4], scalars)
+    step(x, g, m, v, scalars_for(x, STEP_SCALARS))
+    step.function(*theirs[:2], *theirs[4:], scalars_for(x, STEP_SCALARS))
+    ulp = torch.finfo(dtype).eps
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=4 * ulp)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, b in zip(sums, expected_sums, strict=True):
+        assert a.dtype == torch.float64
+        assert a.item() == pytest.approx(b.item(), rel=rtol, abs=1e-9 * size)
+    assert statistics._compiled is None and step._compiled is None
+    assert statistics.built(x.device, dtype) and step.built(x.device, dtype)
+
+
+@pytest.mark.parametrize("case", ["zero start", "strided", "bfloat16"])
+def test_what_the_cpp_cannot_take_runs_the_generated_code_with_the_same_numbers(case):
+    """A 0-d x0 (a parameter that started at zero, without flat buffers), a tensor that is not
+    contiguous and a dtype the C++ is not built for go to torch.compile's code."""
+    statistics = _fresh(prodigy.prodigy_statistics_kernel)
+    dtype = torch.bfloat16 if case == "bfloat16" else torch.float32
+    x, g, p0, s, _, _ = _prodigy_tensors(64, dtype)
+    if case == "zero start":
+        p0 = torch.zeros((), dtype=dtype)
+    if case == "strided":
+        x = torch.randn(128, dtype=dtype)[::2]
+    theirs = [t.clone() for t in (x, g, p0, s)]
+    scalars = scalars_for(x, STATISTICS_SCALARS)
+    sums = statistics(x, g, p0, s, scalars)
+    expected = statistics.function(*theirs, scalars)
+    assert statistics._compiled is not None  # torch.compile ran
+    torch.testing.assert_close(s, theirs[3])
+    for a, b in zip(sums, expected, strict=True):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-2, atol=1e-2)
+
+
+def test_prodigy_without_a_compiler_is_refused_with_the_cpp_kernel_named(monkeypatch):
+    from torch._inductor import config
+
+    for name in ("prodigy_statistics_kernel", "prodigy_step_kernel"):
+        monkeypatch.setattr(prodigy, name, _fresh(getattr(prodigy, name)))
+    monkeypatch.setattr(
+        Prodigy,
+        "compiled_kernels",
+        (prodigy.prodigy_statistics_kernel, prodigy.prodigy_step_kernel),
+    )
+    params = _params()
+    before = [p.detach().clone() for p in params]
+    with (
+        config.patch({"cpp.cxx": ("/nonexistent/c++",)}),
+        pytest.raises(
+            RuntimeError, match="could not build the C\\+\\+ kernel prodigy_statistics_kernel"
+        ),
+    ):
+        Prodigy(params, compiled=True)
+    for p, old in zip(params, before, strict=True):
+        assert torch.equal(p.detach(), old)

@@ -17,6 +17,12 @@ asks for ``compiled=True``, and again before a step for a device or dtype they h
 on, so a missing compiler raises before any parameter changes. With ``flat=True`` a step is
 one call over one buffer, whatever the number of parameters; without it, one call per tensor.
 
+Where a pass must both reduce and store, Inductor's C++ code cannot do it in one loop (it
+writes every reduction as a loop of its own), so such a kernel also carries its translation
+into C++ (:class:`CppKernel`), built the same way Inductor builds its own code (its compiler,
+flags and on-disk cache) and run on CPU float32 and float64 tensors on Linux; other devices
+and dtypes take the code generated from the kernel function.
+
 Hyper-parameters travel as one float64 tensor (``scalars``; float32 on MPS), never as Python
 numbers: a number would be baked into the generated code and a new learning rate would
 recompile it. Every tensor a kernel sees is one-dimensional (contiguous tensors viewed flat), so one
@@ -26,6 +32,7 @@ compilation per dtype and device serves every shape.
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["CompiledKernel", "compiled_kernel", "scalars_for"]
+__all__ = ["CompiledKernel", "CppKernel", "compiled_kernel", "cpp_kernel", "scalars_for"]
 
 
 class CompiledKernel:
@@ -110,6 +117,110 @@ _INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True}
 def compiled_kernel(function: Callable[..., Any]) -> CompiledKernel:
     """Decorator: ``function`` becomes a :class:`CompiledKernel`."""
     return CompiledKernel(function)
+
+
+class CppKernel(CompiledKernel):
+    """A kernel function with a hand-written C++ translation, for the passes Inductor cannot
+    write as one loop (a reduction that also stores).
+
+    ``source`` defines ``extern "C" void kernel(...)`` over the element type ``scalar_t``
+    (``float`` or ``double``, set when the code is built), taking the kernel function's
+    tensors as pointers in the same order (the last one, ``scalars``, as ``const double*``),
+    then ``double* sums`` when the function returns ``sums`` numbers, then ``int64_t n`` (the
+    elements of each tensor) and ``int64_t threads`` (``torch.get_num_threads()``). It runs
+    on contiguous CPU float32 and float64 tensors of one size on Linux; anything else (other
+    devices and dtypes, a broadcast 0-d argument) runs :class:`CompiledKernel`'s code,
+    generated from the function, whose numbers the C++ matches to rounding (tested).
+    """
+
+    def __init__(self, function: Callable[..., Any], source: str, sums: int = 0) -> None:
+        super().__init__(function)
+        self.source = source
+        self.sums = sums
+        # per dtype: the built C++, or None where this torch's code cache cannot build it
+        self._modules: dict[torch.dtype, Callable[..., None] | None] = {}
+
+    def built(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether the kernel has run on ``device`` with ``dtype`` tensors."""
+        if _translated(device, dtype) and self._modules.get(dtype) is not None:
+            return True
+        return super().built(device, dtype)
+
+    def __call__(self, *tensors: Tensor) -> Any:
+        """Run the C++ translation where it applies, else the generated kernel."""
+        *arrays, scalars = tensors
+        first = arrays[0]
+        if not (
+            _translated(first.device, first.dtype)
+            and all(
+                a.dtype == first.dtype
+                and a.device == first.device
+                and a.numel() == first.numel()
+                and a.is_contiguous()
+                for a in arrays
+            )
+            and scalars.dtype == torch.float64
+            and scalars.device == first.device
+            and scalars.is_contiguous()
+        ):
+            return super().__call__(*tensors)
+        kernel = self._module(first.dtype)
+        if kernel is None:
+            return super().__call__(*tensors)
+        if not self.sums:
+            kernel(*arrays, scalars, first.numel(), torch.get_num_threads())
+            return None
+        sums = torch.empty(self.sums, dtype=torch.float64)
+        kernel(*arrays, scalars, sums, first.numel(), torch.get_num_threads())
+        return sums.unbind()
+
+    def _module(self, dtype: torch.dtype) -> Callable[..., None] | None:
+        """The C++ code built for ``dtype`` (once per process; Inductor's disk cache keeps the
+        library between processes), or None where this torch cannot build it."""
+        if dtype not in self._modules:
+            element = {torch.float32: "float", torch.float64: "double"}[dtype]
+            arguments = self.function.__code__.co_argcount
+            types = [f"{element}*"] * (arguments - 1) + ["double*"] * (1 + bool(self.sums))
+            try:
+                from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+                module = CppPythonBindingsCodeCache.load_pybinding(
+                    [*types, "int64_t", "int64_t"],
+                    f"using scalar_t = {element};\n{self.source}",
+                    needs_vec_isa=True,
+                    # Inductor vectorises its loops by hand and turns the compiler's off;
+                    # these loops are plain C++ for the compiler to vectorise
+                    extra_flags=("-ftree-loop-vectorize", "-fno-math-errno"),
+                )
+            except (ImportError, AttributeError, TypeError) as error:  # a private API changed
+                warnings.warn(
+                    f"compiled=True: this torch's code cache cannot build the C++ kernel "
+                    f"{self.__name__} ({error}); the code torch.compile generates for it runs "
+                    "instead (the same numbers, more slowly)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                module = None
+            except RuntimeError as error:  # no compiler, or the code did not compile
+                raise RuntimeError(
+                    f"compiled=True: could not build the C++ kernel {self.__name__} for {dtype} "
+                    f"on cpu (it needs a C++ compiler); use compiled=False. Cause: {error}"
+                ) from error
+            self._modules[dtype] = module
+        return self._modules[dtype]
+
+
+def _translated(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a :class:`CppKernel` runs its C++ on ``device`` for ``dtype``: CPU float32 and
+    float64 with the GNU-style compilers Inductor uses on Linux."""
+    return (
+        device.type == "cpu" and dtype in (torch.float32, torch.float64) and sys.platform == "linux"
+    )
+
+
+def cpp_kernel(source: str, sums: int = 0) -> Callable[[Callable[..., Any]], CppKernel]:
+    """Decorator: the function becomes a :class:`CppKernel` with the C++ ``source``."""
+    return functools.partial(CppKernel, source=source, sums=sums)
 
 
 def scalars_for(reference: Tensor, values: Sequence[float]) -> Tensor:
