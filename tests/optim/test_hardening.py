@@ -777,3 +777,49 @@ def test_flat_mode_packs_the_state_once_when_nobody_touches_it(cls, kwargs):
         slab = optimizer._flat_groups[0].slabs[0]
         packed.append({key: id(value) for key, value in slab.flat_state.items()})
     assert packed[0] and packed[1] == packed[2] == packed[0]
+
+
+ZERO_GRADIENT_CASES = [
+    (name, kwargs)
+    for name in ours.__all__
+    if isinstance(getattr(ours, name), type)
+    and issubclass(getattr(ours, name), torch.optim.Optimizer)
+    for kwargs in (dict(), dict(foreach=True), dict(flat=True))
+    if not (name == "Muon" and "flat" in kwargs)  # Muon has no flat mode
+] + [
+    (name, kwargs)
+    for name in ("Lion", "SGDScheduleFree", "AdamWScheduleFree", "Prodigy")
+    for kwargs in (dict(compiled=True), dict(compiled=True, flat=True))
+]
+
+
+@pytest.mark.parametrize(
+    "name, kwargs", ZERO_GRADIENT_CASES, ids=[f"{n}-{k}" for n, k in ZERO_GRADIENT_CASES]
+)
+def test_torchs_zero_gradient_steps_as_zeros(name, kwargs):
+    """The gradient of a function with zero derivative (torch.sgn) is a tensor with no memory;
+    fused kernels refused it ("ZeroTensors are immutable"), compiled kernels crashed the
+    interpreter on it and flat mode failed to copy it. Every path now steps as on zeros."""
+    cls = getattr(ours, name)
+    options = dict(lr=0.01, **kwargs)
+
+    def make() -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        return [torch.randn(4, 3, generator=generator).requires_grad_() for _ in range(2)]
+
+    zero_tensor_params, zeros_params = make(), make()
+    optimizers = [cls(zero_tensor_params, **options), cls(zeros_params, **options)]
+    for step in range(3):
+        for params in (zero_tensor_params, zeros_params):
+            for p in params:
+                p.grad = torch.full_like(p, 0.1 * (step + 1))
+        if step == 1:  # the middle step's gradients are zero, one way or the other
+            for p in zero_tensor_params:
+                p.grad = None
+            torch.sgn(torch.stack(zero_tensor_params)).sum().backward()
+            assert all(p.grad._is_zerotensor() for p in zero_tensor_params)
+            for p in zeros_params:
+                p.grad = torch.zeros_like(p)
+        for optimizer in optimizers:
+            optimizer.step()
+    assert_close_lists(zero_tensor_params, zeros_params, torch.float32)

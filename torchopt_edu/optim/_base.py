@@ -296,6 +296,7 @@ def filled_like(param: Tensor, value: float) -> Tensor:
 
 _GRAD = operator.attrgetter("grad")
 _IS_SPARSE = operator.attrgetter("is_sparse")
+_IS_ZERO_TENSOR = operator.methodcaller("_is_zerotensor")
 
 
 @dataclass
@@ -559,6 +560,10 @@ class EduOptimizer(Optimizer):
         if any(map(operator.is_, grads, repeat(None))):  # C-level: this runs every step
             params = [p for p, grad in zip(params, grads, strict=True) if grad is not None]
             grads = list(map(_GRAD, params))
+        if any(map(_IS_ZERO_TENSOR, grads)):
+            # torch's gradient of a function with zero derivative (torch.sgn, torch.round):
+            # a tensor with no memory, which fused and compiled kernels would read or write
+            grads = [torch.zeros_like(grad) if grad._is_zerotensor() else grad for grad in grads]
         if not self.supports_sparse and any(map(_IS_SPARSE, grads)):
             shape = next(tuple(p.shape) for p in params if p.grad.is_sparse)
             raise RuntimeError(

@@ -261,7 +261,10 @@ class FlatGroup:
             # read every such one before the first copy writes into the buffer
             buffer = slab.grad_buffer.untyped_storage().data_ptr()
             sources = [
-                grad.clone() if grad.untyped_storage().data_ptr() == buffer else grad
+                grad.clone()
+                # torch's zero gradients (torch.sgn's) have no memory, so none in the buffer
+                if not grad._is_zerotensor() and grad.untyped_storage().data_ptr() == buffer
+                else grad
                 for _, grad, _ in moving
             ]
             for (p, _, view), grad in zip(moving, sources, strict=True):
