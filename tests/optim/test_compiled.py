@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Iterator
 
 import pytest
@@ -208,7 +209,7 @@ def test_a_compiled_flag_set_on_a_group_later_is_checked_before_anything_changes
 
 def _fresh(kernel: CppKernel) -> CppKernel:
     """The same kernel, nothing built yet in this process."""
-    return CppKernel(kernel.function, kernel.source, kernel.sums)
+    return CppKernel(kernel.function, kernel.source, kernel.scalars, kernel.writes, kernel.sums)
 
 
 def _prodigy_tensors(size: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -223,14 +224,15 @@ STEP_SCALARS = [0.3, 0.9, 0.999, 0.01, 0.1, 1e-8]  # d, beta1, beta2, dlr, weigh
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("size", [0, 1, 7, 4097, 3 * 4096 + 13])  # around blocks and lanes
-def test_the_cpp_translations_compute_what_their_kernel_functions_say(dtype, size):
+@pytest.mark.parametrize("size", [0, 1, 7, 4097, 40 * 4096 + 13])  # around blocks and lanes
+def test_the_cpp_translations_compute_what_their_kernel_functions_say(dtype, size, monkeypatch):
     """Prodigy's kernels in C++ against the same functions run eagerly: every stored entry
     within an ulp or two of the O(1) values (the same operations in the same order; ATen
-    rounds a few entries of the step differently), the sums to rounding; torch.compile never
-    runs for CPU float32 and float64."""
+    rounds a few entries of the step differently), the sums to rounding, on two OpenMP
+    threads; torch.compile never runs for CPU float32 and float64."""
     statistics = _fresh(prodigy.prodigy_statistics_kernel)
     step = _fresh(prodigy.prodigy_step_kernel)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the tests pin torch to one
     ours = _prodigy_tensors(size, dtype)
     theirs = [t.clone() for t in ours]
     x, g, p0, s, m, v = ours
@@ -250,22 +252,38 @@ def test_the_cpp_translations_compute_what_their_kernel_functions_say(dtype, siz
     assert statistics.built(x.device, dtype) and step.built(x.device, dtype)
 
 
-@pytest.mark.parametrize("case", ["zero start", "strided", "bfloat16"])
+@pytest.mark.parametrize(
+    "case", ["broadcast", "strided", "bfloat16", "mixed dtypes", "negated view", "zero tensor"]
+)
 def test_what_the_cpp_cannot_take_runs_the_generated_code_with_the_same_numbers(case):
-    """A 0-d x0 (a parameter that started at zero, without flat buffers), a tensor that is not
-    contiguous and a dtype the C++ is not built for go to torch.compile's code."""
+    """A broadcast 0-d argument, a tensor that is not contiguous, a dtype the C++ is not built
+    for and two dtypes at once go to torch.compile's code; tensors whose memory is not their
+    values (a view negated lazily, which Inductor's code reads wrong, and torch's zero
+    gradient with no memory) to the eager math."""
     statistics = _fresh(prodigy.prodigy_statistics_kernel)
     dtype = torch.bfloat16 if case == "bfloat16" else torch.float32
     x, g, p0, s, _, _ = _prodigy_tensors(64, dtype)
-    if case == "zero start":
+    if case == "broadcast":
         p0 = torch.zeros((), dtype=dtype)
     if case == "strided":
         x = torch.randn(128, dtype=dtype)[::2]
+    if case == "mixed dtypes":
+        p0 = p0.double()
+    if case == "negated view":
+        g = torch.randn(64, dtype=torch.complex64).conj().imag.contiguous()
+        g = torch._neg_view(g)
+        assert g.is_neg() and g.is_contiguous()
+    if case == "zero tensor":
+        leaf = torch.randn(64, requires_grad=True)
+        torch.sgn(leaf).sum().backward()
+        g = leaf.grad
+        assert g._is_zerotensor()
     theirs = [t.clone() for t in (x, g, p0, s)]
     scalars = scalars_for(x, STATISTICS_SCALARS)
     sums = statistics(x, g, p0, s, scalars)
     expected = statistics.function(*theirs, scalars)
-    assert statistics._compiled is not None  # torch.compile ran
+    lazy = case in ("negated view", "zero tensor")
+    assert (statistics._compiled is None) == lazy  # whether torch.compile ran
     torch.testing.assert_close(s, theirs[3])
     for a, b in zip(sums, expected, strict=True):
         torch.testing.assert_close(a.double(), b.double(), rtol=1e-2, atol=1e-2)
@@ -292,3 +310,54 @@ def test_prodigy_without_a_compiler_is_refused_with_the_cpp_kernel_named(monkeyp
         Prodigy(params, compiled=True)
     for p, old in zip(params, before, strict=True):
         assert torch.equal(p.detach(), old)
+
+
+def test_a_scalars_vector_of_another_length_is_refused_not_read_past_its_end():
+    step = _fresh(prodigy.prodigy_step_kernel)
+    x, g, _, _, m, v = _prodigy_tensors(8, torch.float32)
+    before = [t.clone() for t in (x, m, v)]
+    for scalars in ([0.3, 0.9], []):
+        with pytest.raises(Exception, match="expected 6, got"):
+            step(x, g, m, v, torch.tensor(scalars, dtype=torch.float64))
+    for a, b in zip((x, m, v), before, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_backward_through_a_graph_the_cpp_step_changed_is_refused_as_with_torch():
+    """The C++ writes through pointers; the parameters' autograd versions still advance, so a
+    stale graph cannot silently use the updated weights (torch.optim's loop raises too)."""
+    for optimizer_class in (torch.optim.Adam, functools.partial(Prodigy, compiled=True)):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+        kwargs = dict(foreach=False) if optimizer_class is torch.optim.Adam else {}
+        optimizer = optimizer_class(net.parameters(), **kwargs)
+        loss = net(torch.randn(4, 3)).square().sum()
+        loss.backward(retain_graph=True)
+        optimizer.step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
+def test_a_parameter_that_started_at_zero_needs_no_generated_code(monkeypatch):
+    """Its 0-d x0 is spelled out for the C++, so no kernel is compiled in the middle of a step
+    (where a failure would leave s of the earlier parameters updated)."""
+    for name in ("prodigy_statistics_kernel", "prodigy_step_kernel"):
+        monkeypatch.setattr(prodigy, name, _fresh(getattr(prodigy, name)))
+    monkeypatch.setattr(
+        Prodigy,
+        "compiled_kernels",
+        (prodigy.prodigy_statistics_kernel, prodigy.prodigy_step_kernel),
+    )
+    params = [torch.zeros(6, requires_grad=True), torch.randn(5, requires_grad=True)]
+    reference = [p.detach().clone().requires_grad_() for p in params]
+    ours, theirs = Prodigy(params, compiled=True), Prodigy(reference, foreach=False)
+    for step in range(3):
+        for a, b in zip(params, reference, strict=True):
+            a.grad = torch.full_like(a, 0.5 - step)
+            b.grad = torch.full_like(b, 0.5 - step)
+        ours.step()
+        theirs.step()
+    assert ours.state[params[0]]["p0"].dim() == 0  # the reference's saving is kept
+    assert prodigy.prodigy_statistics_kernel._compiled is None
+    for a, b in zip(params, reference, strict=True):
+        torch.testing.assert_close(a, b)

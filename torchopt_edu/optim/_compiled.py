@@ -66,18 +66,19 @@ class CompiledKernel:
 
     def __call__(self, *tensors: Tensor) -> Any:
         """Run the kernel on ``tensors`` (the last one the ``scalars`` vector)."""
+        tensors = tuple(t.detach() for t in tensors)  # one compilation, with or without grad
+        first = tensors[0]
+        # torch.compile would specialise sizes 0 and 1 (two more versions of the kernel),
+        # where the eager math costs nothing; and its code reads a lazily negated view's
+        # memory as its values (torch 2.13), where eager ops read them right
+        signature = (first.device, first.dtype, torch.get_num_threads())
+        if first.numel() <= 1 or signature in self._eager or any(map(_lazy, tensors)):
+            with torch.no_grad():
+                return self.function(*tensors)
         if self._compiled is None:
             self._compiled = torch.compile(
                 self.function, dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS
             )
-        tensors = tuple(t.detach() for t in tensors)  # one compilation, with or without grad
-        first = tensors[0]
-        # torch.compile would specialise sizes 0 and 1 (two more versions of the kernel),
-        # where the eager math costs nothing
-        signature = (first.device, first.dtype, torch.get_num_threads())
-        if first.numel() <= 1 or signature in self._eager:
-            with torch.no_grad():
-                return self.function(*tensors)
         try:
             with torch.no_grad():
                 result = self._compiled(*tensors)
@@ -127,16 +128,30 @@ class CppKernel(CompiledKernel):
     (``float`` or ``double``, set when the code is built), taking the kernel function's
     tensors as pointers in the same order (the last one, ``scalars``, as ``const double*``),
     then ``double* sums`` when the function returns ``sums`` numbers, then ``int64_t n`` (the
-    elements of each tensor) and ``int64_t threads`` (``torch.get_num_threads()``). It runs
-    on contiguous CPU float32 and float64 tensors of one size on Linux; anything else (other
-    devices and dtypes, a broadcast 0-d argument) runs :class:`CompiledKernel`'s code,
-    generated from the function, whose numbers the C++ matches to rounding (tested).
+    elements of each tensor) and ``int64_t threads`` (``torch.get_num_threads()``); it reads
+    ``scalars`` hyper-parameters and writes the tensors named in ``writes`` (their autograd
+    versions are advanced, as torch's in-place ops do). It runs on plain contiguous CPU
+    float32 and float64 tensors of one size on Linux, whose memory holds their values;
+    anything else (other devices and dtypes, a broadcast 0-d argument, a lazily negated
+    view, torch's zero-memory gradients, a ``scalars`` vector of another length) runs as
+    :class:`CompiledKernel` runs it, whose numbers the C++ matches to rounding (tested).
     """
 
-    def __init__(self, function: Callable[..., Any], source: str, sums: int = 0) -> None:
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        source: str,
+        scalars: int,
+        writes: Sequence[str],
+        sums: int = 0,
+    ) -> None:
         super().__init__(function)
         self.source = source
+        self.scalars = scalars
+        self.writes = tuple(writes)
         self.sums = sums
+        names = function.__code__.co_varnames[: function.__code__.co_argcount]
+        self._written = [names.index(name) for name in self.writes]
         # per dtype: the built C++, or None where this torch's code cache cannot build it
         self._modules: dict[torch.dtype, Callable[..., None] | None] = {}
 
@@ -152,27 +167,21 @@ class CppKernel(CompiledKernel):
         first = arrays[0]
         if not (
             _translated(first.device, first.dtype)
-            and all(
-                a.dtype == first.dtype
-                and a.device == first.device
-                and a.numel() == first.numel()
-                and a.is_contiguous()
-                for a in arrays
-            )
-            and scalars.dtype == torch.float64
-            and scalars.device == first.device
-            and scalars.is_contiguous()
+            and all(_holds_its_values(a, first.dtype, first.device, first.numel()) for a in arrays)
+            and _holds_its_values(scalars, torch.float64, first.device, self.scalars)
         ):
             return super().__call__(*tensors)
         kernel = self._module(first.dtype)
         if kernel is None:
             return super().__call__(*tensors)
-        if not self.sums:
-            kernel(*arrays, scalars, first.numel(), torch.get_num_threads())
-            return None
         sums = torch.empty(self.sums, dtype=torch.float64)
-        kernel(*arrays, scalars, sums, first.numel(), torch.get_num_threads())
-        return sums.unbind()
+        kernel(
+            *arrays, scalars, *([sums] if self.sums else []), first.numel(), torch.get_num_threads()
+        )
+        # autograd cannot see writes through a pointer: a graph that saved one of these
+        # tensors must still refuse a backward pass after the step, as with torch's own ops
+        torch.autograd.graph.increment_version([arrays[i] for i in self._written])
+        return sums.unbind() if self.sums else None
 
     def _module(self, dtype: torch.dtype) -> Callable[..., None] | None:
         """The C++ code built for ``dtype`` (once per process; Inductor's disk cache keeps the
@@ -210,6 +219,27 @@ class CppKernel(CompiledKernel):
         return self._modules[dtype]
 
 
+def _lazy(tensor: Tensor) -> bool:
+    """Whether ``tensor``'s memory is not its values: a view negated lazily (``is_neg``) or
+    torch's zero gradient, which has no memory."""
+    return tensor.is_neg() or tensor._is_zerotensor()
+
+
+def _holds_its_values(tensor: Tensor, dtype: torch.dtype, device: torch.device, numel: int) -> bool:
+    """Whether C++ may read ``tensor`` as ``numel`` values of ``dtype`` from its data pointer:
+    a plain, dense, contiguous tensor on ``device`` whose memory is its values (not a
+    zero-memory ZeroTensor, not a view negated lazily)."""
+    return (
+        type(tensor) in (Tensor, torch.nn.Parameter)
+        and tensor.layout == torch.strided
+        and tensor.dtype == dtype
+        and tensor.device == device
+        and tensor.numel() == numel
+        and tensor.is_contiguous()
+        and not _lazy(tensor)
+    )
+
+
 def _translated(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a :class:`CppKernel` runs its C++ on ``device`` for ``dtype``: CPU float32 and
     float64 with the GNU-style compilers Inductor uses on Linux."""
@@ -218,9 +248,11 @@ def _translated(device: torch.device, dtype: torch.dtype) -> bool:
     )
 
 
-def cpp_kernel(source: str, sums: int = 0) -> Callable[[Callable[..., Any]], CppKernel]:
+def cpp_kernel(
+    source: str, scalars: int, writes: Sequence[str], sums: int = 0
+) -> Callable[[Callable[..., Any]], CppKernel]:
     """Decorator: the function becomes a :class:`CppKernel` with the C++ ``source``."""
-    return functools.partial(CppKernel, source=source, sums=sums)
+    return functools.partial(CppKernel, source=source, scalars=scalars, writes=writes, sums=sums)
 
 
 def scalars_for(reference: Tensor, values: Sequence[float]) -> Tensor:

@@ -595,7 +595,7 @@ extern "C" void kernel(const scalar_t* x, const scalar_t* g, const scalar_t* p0,
 """
 
 
-@cpp_kernel(_STATISTICS_CPP, sums=2)
+@cpp_kernel(_STATISTICS_CPP, scalars=2, writes=["s"], sums=2)
 def prodigy_statistics_kernel(
     x: Tensor, grad: Tensor, p0: Tensor, s: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -635,7 +635,7 @@ extern "C" void kernel(scalar_t* x, const scalar_t* g, scalar_t* m, scalar_t* v,
 """
 
 
-@cpp_kernel(_STEP_CPP)
+@cpp_kernel(_STEP_CPP, scalars=6, writes=["x", "m", "v"])
 def prodigy_step_kernel(x: Tensor, grad: Tensor, m: Tensor, v: Tensor, scalars: Tensor) -> None:
     """The moments and the step of :class:`Prodigy` for one flat tensor once
     :math:`d_{k+1}` is known, in one pass (the traffic of fused Adam). Its C++ translation
@@ -653,13 +653,20 @@ def prodigy_statistics_compiled(b: Bucket, h: ProdigyHyper) -> tuple[float, floa
     synchronisation for the sums."""
     scalars = scalars_for(b.params[0], [h.beta3, _s_coefficient(h)])
     sums = [
-        prodigy_statistics_kernel(x.view(-1), g.view(-1), p0.view(-1), s, scalars)
+        prodigy_statistics_kernel(x.view(-1), g.view(-1), _start(p0, x), s, scalars)
         for x, g, p0, s in zip(b.params, b.grads, b.state("p0"), b.state("s"), strict=True)
     ]
     dot_sum, norm_sum = torch.stack(
         [torch.stack(parts).double().sum() for parts in zip(*sums, strict=True)]
     ).tolist()
     return (h.d / h.d0) * h.dlr * dot_sum, norm_sum
+
+
+def _start(p0: Tensor, x: Tensor) -> Tensor:
+    """``x0`` as the kernels read it, one entry per entry of ``x``: a parameter that started
+    all zeros keeps a 0-d zero (as the reference), here spelled out, so that every tensor the
+    kernels see has one size (no second compilation of them in the middle of a step)."""
+    return p0.view(-1) if p0.dim() else torch.zeros(x.numel(), dtype=x.dtype, device=x.device)
 
 
 def prodigy_compiled(b: Bucket, h: ProdigyHyper) -> None:
