@@ -212,6 +212,17 @@ def _fresh(kernel: CppKernel) -> CppKernel:
     return CppKernel(kernel.function, kernel.source, kernel.scalars, kernel.writes, kernel.sums)
 
 
+def _fresh_prodigy_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prodigy with kernels that have built nothing yet in this process."""
+    for name in ("prodigy_statistics_kernel", "prodigy_step_kernel"):
+        monkeypatch.setattr(prodigy, name, _fresh(getattr(prodigy, name)))
+    monkeypatch.setattr(
+        Prodigy,
+        "compiled_kernels",
+        (prodigy.prodigy_statistics_kernel, prodigy.prodigy_step_kernel),
+    )
+
+
 def _prodigy_tensors(size: int, dtype: torch.dtype) -> list[torch.Tensor]:
     """x, g, x0, s, m and v for Prodigy's kernels."""
     generator = torch.Generator().manual_seed(size)
@@ -292,13 +303,7 @@ def test_what_the_cpp_cannot_take_runs_the_generated_code_with_the_same_numbers(
 def test_prodigy_without_a_compiler_is_refused_with_the_cpp_kernel_named(monkeypatch):
     from torch._inductor import config
 
-    for name in ("prodigy_statistics_kernel", "prodigy_step_kernel"):
-        monkeypatch.setattr(prodigy, name, _fresh(getattr(prodigy, name)))
-    monkeypatch.setattr(
-        Prodigy,
-        "compiled_kernels",
-        (prodigy.prodigy_statistics_kernel, prodigy.prodigy_step_kernel),
-    )
+    _fresh_prodigy_kernels(monkeypatch)
     params = _params()
     before = [p.detach().clone() for p in params]
     with (
@@ -341,13 +346,7 @@ def test_a_backward_through_a_graph_the_cpp_step_changed_is_refused_as_with_torc
 def test_a_parameter_that_started_at_zero_needs_no_generated_code(monkeypatch):
     """Its 0-d x0 is spelled out for the C++, so no kernel is compiled in the middle of a step
     (where a failure would leave s of the earlier parameters updated)."""
-    for name in ("prodigy_statistics_kernel", "prodigy_step_kernel"):
-        monkeypatch.setattr(prodigy, name, _fresh(getattr(prodigy, name)))
-    monkeypatch.setattr(
-        Prodigy,
-        "compiled_kernels",
-        (prodigy.prodigy_statistics_kernel, prodigy.prodigy_step_kernel),
-    )
+    _fresh_prodigy_kernels(monkeypatch)
     params = [torch.zeros(6, requires_grad=True), torch.randn(5, requires_grad=True)]
     reference = [p.detach().clone().requires_grad_() for p in params]
     ours, theirs = Prodigy(params, compiled=True), Prodigy(reference, foreach=False)
