@@ -150,8 +150,8 @@ class CppKernel(CompiledKernel):
         self.scalars = scalars
         self.writes = tuple(writes)
         self.sums = sums
-        names = function.__code__.co_varnames[: function.__code__.co_argcount]
-        self._written = [names.index(name) for name in self.writes]
+        self._names = function.__code__.co_varnames[: function.__code__.co_argcount]
+        self._written = [self._names.index(name) for name in self.writes]
         # per dtype: the built C++, or None where this torch's code cache cannot build it
         self._modules: dict[torch.dtype, Callable[..., None] | None] = {}
 
@@ -174,22 +174,19 @@ class CppKernel(CompiledKernel):
         kernel = self._module(first.dtype)
         if kernel is None:
             return super().__call__(*tensors)
-        sums = torch.empty(self.sums, dtype=torch.float64)
-        kernel(
-            *arrays, scalars, *([sums] if self.sums else []), first.numel(), torch.get_num_threads()
-        )
+        sums = [torch.empty(self.sums, dtype=torch.float64)] if self.sums else []
+        kernel(*arrays, scalars, *sums, first.numel(), torch.get_num_threads())
         # autograd cannot see writes through a pointer: a graph that saved one of these
         # tensors must still refuse a backward pass after the step, as with torch's own ops
         torch.autograd.graph.increment_version([arrays[i] for i in self._written])
-        return sums.unbind() if self.sums else None
+        return sums[0].unbind() if sums else None
 
     def _module(self, dtype: torch.dtype) -> Callable[..., None] | None:
         """The C++ code built for ``dtype`` (once per process; Inductor's disk cache keeps the
         library between processes), or None where this torch cannot build it."""
         if dtype not in self._modules:
             element = {torch.float32: "float", torch.float64: "double"}[dtype]
-            arguments = self.function.__code__.co_argcount
-            types = [f"{element}*"] * (arguments - 1) + ["double*"] * (1 + bool(self.sums))
+            types = [f"{element}*"] * (len(self._names) - 1) + ["double*"] * (1 + bool(self.sums))
             try:
                 from torch._inductor.codecache import CppPythonBindingsCodeCache
 
